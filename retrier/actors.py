@@ -1,0 +1,326 @@
+"""The resend actor: calls the hook for one failed message, retrying by the rule's policy.
+
+The poller enqueues a :class:`Job` per retryable failure. The actor:
+
+1. asks the store whether it may call the hook now (:meth:`Store.begin_attempt`):
+   a shared backoff in force or another delivery in flight re-delays the job
+   without using an attempt; a duplicate job is dropped;
+2. posts the resend request;
+3. records the answer: resent; retried later with exponential backoff (408, 5xx,
+   timeouts); the shared backoff set and the attempt given back (429); or given
+   up and alerted (other 4xx, or attempts used up).
+
+Planned waits are raised as ``dramatiq.Retry`` with a delay, which Dramatiq
+re-enqueues and sentry-sdk does not report. Only surprises reach Sentry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq import Retry
+from dramatiq.brokers.redis import RedisBroker
+
+from retrier import alerts
+from retrier.backoff import exponential_delay
+from retrier.errors import HookRateLimited, HookRejected, HookUnavailable, StoreError
+from retrier.hook import HookAnswer, HookClient, ResendRequest
+from retrier.store import Store
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = "resend"
+ACTOR_NAME = "resend"
+
+#: Wait after a hook 429 that names no retry time.
+DEFAULT_RATE_LIMIT_WAIT_S = 60.0
+
+#: Wait before trying again when Redis did not answer.
+STORE_RETRY_DELAY_S = 15.0
+
+#: Added to waits for a shared time so that workers do not all call at once.
+_WAKE_MARGIN_S = 0.25
+
+
+@dataclass(frozen=True)
+class Job:
+    """One resend, as the poller enqueues it (JSON-serialisable)."""
+
+    message_id: int
+    root: int  # the original message of the resend chain
+    token: str  # the claim this job belongs to
+    phone_number: str | None
+    sent_at: str
+    failure_reason: str
+    rule: str
+    max_attempts: int
+    backoff_initial_s: float
+    backoff_max_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        """Rebuild a job; raise ValueError naming the field when one is missing or wrong."""
+        try:
+            return cls(
+                message_id=int(data["message_id"]),
+                root=int(data["root"]),
+                token=str(data["token"]),
+                phone_number=data.get("phone_number"),
+                sent_at=str(data["sent_at"]),
+                failure_reason=str(data.get("failure_reason", "")),
+                rule=str(data["rule"]),
+                max_attempts=int(data["max_attempts"]),
+                backoff_initial_s=float(data["backoff_initial_s"]),
+                backoff_max_s=float(data["backoff_max_s"]),
+            )
+        except KeyError as error:
+            raise ValueError(f"job is missing field {error.args[0]!r}") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"job has an invalid field: {error}") from None
+
+
+def enqueue_resend(broker: dramatiq.Broker, job: Job, *, delay_s: float = 0.0) -> None:
+    """Put ``job`` on the resend queue, to run no earlier than ``delay_s`` from now."""
+    broker.declare_queue(QUEUE_NAME)
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=QUEUE_NAME,
+        actor_name=ACTOR_NAME,
+        args=(job.to_dict(),),
+        kwargs={},
+        options={},
+    )
+    broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
+
+
+class Resender:
+    """The actor's work, with the store and hook client it needs.
+
+    Args:
+        store: the shared Redis state.
+        hook: the resend hook client.
+        clock: returns the Unix time; tests may pass their own.
+    """
+
+    def __init__(
+        self, store: Store, hook: HookClient, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.hook = hook
+        self.clock = clock
+
+    def __call__(self, raw_job: Mapping[str, Any]) -> None:
+        try:
+            job = Job.from_dict(raw_job)
+        except ValueError as error:
+            logger.error("dropped invalid job", extra={"error": str(error)})
+            return
+
+        try:
+            self._run(job)
+        except StoreError as error:
+            logger.warning(
+                "resend delayed: redis unavailable",
+                extra={**_ids(job), "delay_s": STORE_RETRY_DELAY_S, "error": str(error)},
+            )
+            raise Retry(delay=int(STORE_RETRY_DELAY_S * 1000)) from None
+
+    def _run(self, job: Job) -> None:
+        now = self.clock()
+        start = self.store.begin_attempt(
+            job.message_id,
+            token=job.token,
+            root=job.root,
+            max_attempts=job.max_attempts,
+            # The lock outlives the longest call, so a redelivery cannot overlap it.
+            inflight_ttl_s=self.hook.timeout_s + 30,
+            now=now,
+        )
+
+        if start.status in ("backoff", "busy"):
+            wait_s = max(start.until - now, 0.0) + _WAKE_MARGIN_S
+            if start.status == "backoff":
+                self.store.count({"rate_limit_waits": 1}, now=now)
+            logger.info(
+                "resend waits for backoff"
+                if start.status == "backoff"
+                else "resend waits for in-flight call",
+                extra={**_ids(job), "delay_s": round(wait_s, 2)},
+            )
+            raise Retry(delay=int(wait_s * 1000))
+        if start.status in ("stale", "done"):
+            logger.info("dropped duplicate job", extra={**_ids(job), "state": start.state})
+            return
+        if start.status == "exhausted":
+            self._give_up(
+                job, attempt=start.attempt, cause="attempts used up across the resend chain"
+            )
+            return
+
+        self._call_hook(job, start.attempt)
+
+    def _call_hook(self, job: Job, attempt: int) -> None:
+        request = ResendRequest(
+            message_id=job.message_id,
+            original_message_id=job.root,
+            phone_number=job.phone_number,
+            sent_at=job.sent_at,
+            failure_reason=job.failure_reason,
+            rule=job.rule,
+            attempt=attempt,
+            max_attempts=job.max_attempts,
+        )
+        try:
+            answer = self.hook.send(request)
+        except HookRateLimited as error:
+            self._wait_for_rate_limit(job, attempt, error)
+        except HookUnavailable as error:
+            self._retry_later(job, attempt, error)
+        except HookRejected as error:
+            self._give_up(job, attempt=attempt, cause=str(error), last_status=error.status)
+        else:
+            self._record_resent(job, attempt, answer)
+
+    def _record_resent(self, job: Job, attempt: int, answer: HookAnswer) -> None:
+        fields: dict[str, str | int | float] = {"last_status": answer.status, "attempt": attempt}
+        if answer.new_message_id is not None:
+            fields["resent_as"] = answer.new_message_id
+        self.store.finish_attempt(
+            job.message_id,
+            root=job.root,
+            state="resent",
+            counter="resent",
+            fields=fields,
+            now=self.clock(),
+        )
+        if answer.new_message_id is not None:
+            self.store.link_resend(answer.new_message_id, root=job.root)
+        logger.info(
+            "message resent",
+            extra={
+                **_ids(job),
+                "attempt": attempt,
+                "status": answer.status,
+                "already_resent": answer.already_resent,
+                "resent_as": answer.new_message_id,
+            },
+        )
+
+    def _wait_for_rate_limit(self, job: Job, attempt: int, error: HookRateLimited) -> None:
+        now = self.clock()
+        until = error.retry_at or now + DEFAULT_RATE_LIMIT_WAIT_S
+        until = self.store.defer_until(until, source="hook")
+        self.store.finish_attempt(
+            job.message_id,
+            root=job.root,
+            state="queued",
+            counter="rate_limited",
+            fields={"last_status": 429},
+            now=now,
+            refund=True,
+        )
+        wait_s = max(until - now, 0.0) + _WAKE_MARGIN_S
+        logger.warning(
+            "hook rate limited",
+            extra={
+                **_ids(job),
+                "attempt": attempt,
+                "delay_s": round(wait_s, 2),
+                "retry_at": round(until, 3),
+            },
+        )
+        raise Retry(delay=int(wait_s * 1000))
+
+    def _retry_later(self, job: Job, attempt: int, error: HookUnavailable) -> None:
+        if attempt >= job.max_attempts:
+            self._give_up(job, attempt=attempt, cause=str(error), last_status=error.status)
+            return
+
+        delay_s = exponential_delay(
+            attempt, initial_s=job.backoff_initial_s, max_s=job.backoff_max_s
+        )
+        now = self.clock()
+        self.store.finish_attempt(
+            job.message_id,
+            root=job.root,
+            state="retrying",
+            counter="hook_retries",
+            fields={
+                "last_error": str(error)[:200],
+                "attempt": attempt,
+                "next_at": round(now + delay_s, 3),
+            },
+            now=now,
+        )
+        logger.info(
+            "resend retry scheduled",
+            extra={
+                **_ids(job),
+                "attempt": attempt,
+                "delay_s": round(delay_s, 2),
+                "error": str(error),
+            },
+        )
+        raise Retry(delay=int(delay_s * 1000))
+
+    def _give_up(
+        self, job: Job, *, attempt: int, cause: str, last_status: int | None = None
+    ) -> None:
+        fields: dict[str, str | int | float] = {"cause": cause[:200], "attempt": attempt}
+        if last_status is not None:
+            fields["last_status"] = last_status
+        self.store.finish_attempt(
+            job.message_id,
+            root=job.root,
+            state="gave_up",
+            counter="gave_up",
+            fields=fields,
+            now=self.clock(),
+        )
+        logger.warning("resend given up", extra={**_ids(job), "attempt": attempt, "cause": cause})
+        alerts.alert_gave_up(
+            message_id=job.message_id,
+            rule=job.rule,
+            attempt=attempt,
+            cause=cause,
+            phone_number=job.phone_number,
+        )
+
+
+def _ids(job: Job) -> dict[str, Any]:
+    return {"message_id": job.message_id, "rule": job.rule, "root": job.root}
+
+
+def _retry_when(retries: int, error: BaseException) -> bool:
+    # Planned waits (Retry) always run again. Anything else is a surprise: a
+    # few more tries, then Dramatiq's dead-letter queue.
+    return isinstance(error, Retry) or retries < 3
+
+
+def declare_resend_actor(
+    broker: RedisBroker | dramatiq.Broker, resender: Resender
+) -> dramatiq.Actor[Any, Any]:
+    """Register the resend actor on ``broker``, running ``resender`` for each job."""
+
+    def resend(job: dict[str, Any]) -> None:
+        resender(job)
+
+    # Dramatiq logs each job's arguments, phone numbers included, at DEBUG on
+    # the logger "<module>.<actor name>".
+    logging.getLogger(f"{__name__}.{ACTOR_NAME}").setLevel(logging.INFO)
+
+    return dramatiq.Actor(
+        resend,
+        broker=broker,
+        actor_name=ACTOR_NAME,
+        queue_name=QUEUE_NAME,
+        priority=0,
+        options={"retry_when": _retry_when, "min_backoff": 15_000, "max_backoff": 600_000},
+    )

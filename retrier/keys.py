@@ -1,0 +1,56 @@
+"""Names of every Redis key retrier writes, all under the configured prefix.
+
+{prefix}:backoff             hash: until (Unix s), source, set_at; the shared
+                             "no request before" time
+{prefix}:msg:{message_id}    hash: one message's record (see store.Record)
+{prefix}:inflight:{id}       string: token of the hook call in progress
+{prefix}:resend:{new_id}     string: the original message a resend belongs to
+{prefix}:counts:{hour}       hash: outcome counters for one UTC hour
+{prefix}:unclassified        sorted set: normalised reasons no rule matched
+{prefix}:once:{name}         string: an alert already sent (deprecated key, …)
+{prefix}:poll:last           hash: when the last poll ran and what it found
+{prefix}:dramatiq:*          the Dramatiq broker's queues
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds key names under ``prefix``."""
+
+    prefix: str
+
+    @property
+    def backoff(self) -> str:
+        return f"{self.prefix}:backoff"
+
+    @property
+    def unclassified(self) -> str:
+        return f"{self.prefix}:unclassified"
+
+    @property
+    def last_poll(self) -> str:
+        return f"{self.prefix}:poll:last"
+
+    @property
+    def broker_namespace(self) -> str:
+        return f"{self.prefix}:dramatiq"
+
+    def message(self, message_id: int) -> str:
+        return f"{self.prefix}:msg:{message_id}"
+
+    def inflight(self, message_id: int) -> str:
+        return f"{self.prefix}:inflight:{message_id}"
+
+    def resend(self, message_id: int) -> str:
+        return f"{self.prefix}:resend:{message_id}"
+
+    def counts(self, hour: int) -> str:
+        """Counter hash of one UTC hour; ``hour`` is Unix time // 3600."""
+        return f"{self.prefix}:counts:{hour}"
+
+    def once(self, name: str) -> str:
+        return f"{self.prefix}:once:{name}"

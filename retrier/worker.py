@@ -1,0 +1,62 @@
+"""``retrier worker``: a Dramatiq worker for the resend actor, inside this one process.
+
+The ``dramatiq`` command forks worker children and forwards signals to them.
+Heroku sends SIGTERM to every process of a dyno at once, so a child gets two
+SIGTERMs, takes the second as "kill now", and abandons its in-flight hook calls.
+Running ``dramatiq.Worker`` in this process avoids that: the first SIGTERM stops
+fetching, in-flight calls finish, prefetched and delayed messages are requeued,
+and any later SIGTERM is only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import dramatiq
+
+from retrier.actors import Resender, declare_resend_actor
+from retrier.broker import build_broker, connect_redis
+from retrier.hook import HookClient
+from retrier.settings import Settings
+from retrier.store import Store
+
+logger = logging.getLogger(__name__)
+
+#: Milliseconds the shutdown may take: Heroku kills a dyno 30 s after SIGTERM.
+SHUTDOWN_TIMEOUT_MS = 25_000
+
+#: Milliseconds an idle consumer waits between fetches (Dramatiq's default).
+WORKER_TIMEOUT_MS = 1000
+
+
+def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> None:
+    """Process resend jobs with ``threads`` threads until ``stop`` is set, then shut down cleanly."""
+    settings.require("RESEND_HOOK_URL")
+    assert settings.resend_hook_url is not None
+
+    broker = build_broker(
+        settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
+    )
+    store = Store(
+        connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure),
+        settings.redis_prefix,
+        dedup_ttl_s=settings.dedup_ttl_s,
+    )
+    secret = settings.resend_hook_secret.get_secret_value() if settings.resend_hook_secret else None
+    hook = HookClient(
+        settings.resend_hook_url, secret=secret, timeout_s=settings.resend_hook_timeout_s
+    )
+    declare_resend_actor(broker, Resender(store, hook))
+
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS)
+    worker.start()
+    logger.info("worker started", extra={"threads": threads, "signed": secret is not None})
+
+    stop.wait()
+
+    logger.info("worker stopping: finishing in-flight resends")
+    worker.stop(timeout=SHUTDOWN_TIMEOUT_MS)
+    hook.close()
+    broker.close()
+    logger.info("worker stopped")
