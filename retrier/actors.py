@@ -16,11 +16,12 @@ re-enqueues and sentry-sdk does not report. Only surprises reach Sentry.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import dramatiq
 from dramatiq import Retry
@@ -29,8 +30,9 @@ from dramatiq.brokers.redis import RedisBroker
 from retrier import alerts
 from retrier.backoff import exponential_delay
 from retrier.errors import HookRateLimited, HookRejected, HookUnavailable, StoreError
+from retrier.flood import AlertBudget
 from retrier.hook import HookAnswer, HookClient, ResendRequest
-from retrier.store import Store
+from retrier.store import AttemptStart, Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,11 @@ ACTOR_NAME = "resend"
 #: Wait after a hook 429 that names no retry time.
 DEFAULT_RATE_LIMIT_WAIT_S = 60.0
 
-#: Wait before trying again when Redis did not answer.
+#: Wait before trying again when Redis failed.
 STORE_RETRY_DELAY_S = 15.0
+
+#: How often a job held by an account pause checks whether it was lifted.
+PAUSE_RECHECK_S = 15.0
 
 #: Added to waits for a shared time so that workers do not all call at once.
 _WAKE_MARGIN_S = 0.25
@@ -106,14 +111,21 @@ class Resender:
     Args:
         store: the shared Redis state.
         hook: the resend hook client.
+        budget: the per-rule hourly alert limit, or None for no limit.
         clock: returns the Unix time; tests may pass their own.
     """
 
     def __init__(
-        self, store: Store, hook: HookClient, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        hook: HookClient,
+        *,
+        budget: AlertBudget | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.hook = hook
+        self.budget = budget
         self.clock = clock
 
     def __call__(self, raw_job: Mapping[str, Any]) -> None:
@@ -128,7 +140,12 @@ class Resender:
         except StoreError as error:
             logger.warning(
                 "resend delayed: redis unavailable",
-                extra={**_ids(job), "delay_s": STORE_RETRY_DELAY_S, "error": str(error)},
+                extra={
+                    **_ids(job),
+                    "attempt": None,
+                    "delay_s": STORE_RETRY_DELAY_S,
+                    "error": str(error),
+                },
             )
             raise Retry(delay=int(STORE_RETRY_DELAY_S * 1000)) from None
 
@@ -144,19 +161,13 @@ class Resender:
             now=now,
         )
 
-        if start.status in ("backoff", "busy"):
-            wait_s = max(start.until - now, 0.0) + _WAKE_MARGIN_S
-            if start.status == "backoff":
-                self.store.count({"rate_limit_waits": 1}, now=now)
-            logger.info(
-                "resend waits for backoff"
-                if start.status == "backoff"
-                else "resend waits for in-flight call",
-                extra={**_ids(job), "delay_s": round(wait_s, 2)},
-            )
-            raise Retry(delay=int(wait_s * 1000))
+        if start.status in ("paused", "backoff", "busy"):
+            self._wait(job, start, now)
         if start.status in ("stale", "done"):
-            logger.info("dropped duplicate job", extra={**_ids(job), "state": start.state})
+            logger.info(
+                "dropped duplicate job",
+                extra={**_ids(job), "attempt": start.attempt, "delay_s": 0, "state": start.state},
+            )
             return
         if start.status == "exhausted":
             self._give_up(
@@ -165,6 +176,24 @@ class Resender:
             return
 
         self._call_hook(job, start.attempt)
+
+    def _wait(self, job: Job, start: AttemptStart, now: float) -> NoReturn:
+        if start.status == "paused":
+            wait_s = PAUSE_RECHECK_S
+            event = "resend held: account paused"
+        else:
+            wait_s = max(start.until - now, 0.0) + _WAKE_MARGIN_S
+            event = (
+                "resend waits for backoff"
+                if start.status == "backoff"
+                else "resend waits for in-flight call"
+            )
+        if start.status == "backoff":
+            self.store.count({"rate_limit_waits": 1}, now=now)
+        logger.info(
+            event, extra={**_ids(job), "attempt": start.attempt, "delay_s": round(wait_s, 2)}
+        )
+        raise Retry(delay=int(wait_s * 1000))
 
     def _call_hook(self, job: Job, attempt: int) -> None:
         request = ResendRequest(
@@ -189,16 +218,18 @@ class Resender:
             self._record_resent(job, attempt, answer)
 
     def _record_resent(self, job: Job, attempt: int, answer: HookAnswer) -> None:
-        fields: dict[str, str | int | float] = {"last_status": answer.status, "attempt": attempt}
+        now = self.clock()
+        fields: dict[str, str | int | float] = {
+            "last_status": answer.status,
+            "attempt": attempt,
+            _history_field(attempt): _history(
+                now, answer.status, "already resent" if answer.already_resent else ""
+            ),
+        }
         if answer.new_message_id is not None:
             fields["resent_as"] = answer.new_message_id
         self.store.finish_attempt(
-            job.message_id,
-            root=job.root,
-            state="resent",
-            counter="resent",
-            fields=fields,
-            now=self.clock(),
+            job.message_id, root=job.root, state="resent", counter="resent", fields=fields, now=now
         )
         if answer.new_message_id is not None:
             self.store.link_resend(answer.new_message_id, root=job.root)
@@ -207,6 +238,7 @@ class Resender:
             extra={
                 **_ids(job),
                 "attempt": attempt,
+                "delay_s": 0,
                 "status": answer.status,
                 "already_resent": answer.already_resent,
                 "resent_as": answer.new_message_id,
@@ -222,7 +254,10 @@ class Resender:
             root=job.root,
             state="queued",
             counter="rate_limited",
-            fields={"last_status": 429},
+            fields={
+                "last_status": 429,
+                _history_field(attempt): _history(now, 429, "rate limited; attempt not used"),
+            },
             now=now,
             refund=True,
         )
@@ -256,6 +291,7 @@ class Resender:
                 "last_error": str(error)[:200],
                 "attempt": attempt,
                 "next_at": round(now + delay_s, 3),
+                _history_field(attempt): _history(now, error.status, str(error)),
             },
             now=now,
         )
@@ -273,18 +309,29 @@ class Resender:
     def _give_up(
         self, job: Job, *, attempt: int, cause: str, last_status: int | None = None
     ) -> None:
-        fields: dict[str, str | int | float] = {"cause": cause[:200], "attempt": attempt}
+        now = self.clock()
+        fields: dict[str, str | int | float] = {
+            "cause": cause[:200],
+            "attempt": attempt,
+            # Kept so that `retrier replay` can queue the message again.
+            "job": json.dumps(job.to_dict()),
+        }
         if last_status is not None:
             fields["last_status"] = last_status
+            fields[_history_field(attempt)] = _history(now, last_status, cause)
         self.store.finish_attempt(
             job.message_id,
             root=job.root,
             state="gave_up",
             counter="gave_up",
             fields=fields,
-            now=self.clock(),
+            now=now,
         )
-        logger.warning("resend given up", extra={**_ids(job), "attempt": attempt, "cause": cause})
+        logger.warning(
+            "resend given up", extra={**_ids(job), "attempt": attempt, "delay_s": 0, "cause": cause}
+        )
+        if self.budget is not None and not self.budget.allow("gave-up", job.rule, now=now):
+            return
         alerts.alert_gave_up(
             message_id=job.message_id,
             rule=job.rule,
@@ -292,6 +339,15 @@ class Resender:
             cause=cause,
             phone_number=job.phone_number,
         )
+
+
+def _history_field(attempt: int) -> str:
+    """Name of the record field that keeps what happened at attempt ``attempt``."""
+    return f"a{attempt}"
+
+
+def _history(now: float, status: int | None, detail: str) -> str:
+    return f"{now:.3f}|{status if status is not None else '-'}|{detail[:120]}"
 
 
 def _ids(job: Job) -> dict[str, Any]:

@@ -11,11 +11,14 @@ Dramatiq integration attaches actor arguments to events even with
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import sentry_sdk
+from sentry_sdk.crons import MonitorStatus, capture_checkin
 from sentry_sdk.integrations.dramatiq import DramatiqIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
@@ -152,6 +155,74 @@ def alert_key_rejected(detail: str) -> None:
         fingerprint=["retrier", "octopods-key-rejected"],
         level="fatal",
         extra={"detail": detail},
+    )
+
+
+def alert_paused(*, rule: str, message_id: int, reason: str) -> None:
+    """Alert that an account-level failure holds every resend until ``retrier resume``."""
+    send_alert(
+        f"Resends paused by an account-level failure: {rule}",
+        fingerprint=["retrier", "paused", rule],
+        level="fatal",
+        tags={"rule": rule, "message_id": message_id, "action": "pause"},
+        extra={"failure_reason": reason, "fix": "fix the account, then run: retrier resume"},
+    )
+
+
+def alert_unclassified(*, reason: str, sample: str, message_id: int) -> None:
+    """Alert on the first sighting of a failure reason that no rule matches."""
+    digest = hashlib.sha256(reason.encode()).hexdigest()[:12]
+    send_alert(
+        "New unclassified failure reason",
+        fingerprint=["retrier", "unclassified", digest],
+        level="warning",
+        tags={"rule": "default", "message_id": message_id},
+        extra={"normalised_reason": reason, "failure_reason": sample},
+    )
+
+
+def alert_rules_invalid(*, error: str, digest: str) -> None:
+    """Alert that an edit of the rules file is invalid; the last good rules stay in use."""
+    send_alert(
+        "Rules file edit rejected: the last good rules stay in use",
+        fingerprint=["retrier", "rules-invalid"],
+        level="error",
+        tags={"rules_digest": digest},
+        extra={"error": error},
+    )
+
+
+def alert_suppressed(*, hour_start: str, counts: Mapping[str, int]) -> None:
+    """Report, in one event, the alerts held back in one hour by the per-rule limit."""
+    send_alert(
+        "Alerts suppressed by the per-rule hourly limit",
+        fingerprint=["retrier", "alerts-suppressed"],
+        level="warning",
+        tags={"hour": hour_start},
+        extra={"suppressed": dict(counts), "total": sum(counts.values())},
+    )
+
+
+def check_in(*, slug: str, ok: bool, interval_s: float) -> None:
+    """Check the poller in to a Sentry Crons interval monitor (created on first use).
+
+    A poller that stops checking in, or checks in with an error, raises the
+    monitor's alert in Sentry. The interval is rounded up to whole minutes,
+    the unit the monitor counts in.
+    """
+    if not sentry_sdk.get_client().is_active():
+        return
+    minutes = max(1, math.ceil(interval_s / 60))
+    capture_checkin(
+        monitor_slug=slug,
+        status=MonitorStatus.OK if ok else MonitorStatus.ERROR,
+        monitor_config={
+            "schedule": {"type": "interval", "value": minutes, "unit": "minute"},
+            "checkin_margin": minutes + 1,
+            "max_runtime": minutes + 1,
+            "failure_issue_threshold": 2,
+            "recovery_threshold": 1,
+        },
     )
 
 

@@ -1,4 +1,4 @@
-"""The ``retrier`` command line: poll, worker, rules, status, show, demo."""
+"""The ``retrier`` command line: poll, worker, rules, status, show, replay, resume, demo."""
 
 from __future__ import annotations
 
@@ -10,19 +10,28 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from dramatiq.brokers.redis import RedisBroker
+
 from retrier import __version__, alerts
+from retrier.actors import PAUSE_RECHECK_S
 from retrier.broker import build_broker, connect_redis
+from retrier.durations import parse_duration
 from retrier.errors import ConfigError, RulesError, StoreError
+from retrier.flood import AlertBudget
 from retrier.logs import configure_logging
 from retrier.octopods import OctopodsClient
 from retrier.poller import Poller, broker_enqueue
 from retrier.redact import redactor
+from retrier.replay import replay
 from retrier.rules import Reason
-from retrier.rulesfile import check_rules, load_rules
+from retrier.rulesfile import check_rules, load_rules, run_cases
+from retrier.rulesreload import RulesSource
 from retrier.settings import Settings, load_settings
+from retrier.status import gather_status, iso, render_message, render_status
 from retrier.store import Store
 from retrier.worker import run_worker
 
@@ -53,36 +62,47 @@ def _start(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _store(settings: Settings) -> Store:
+    client = connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure)
+    return Store(client, settings.redis_prefix, dedup_ttl_s=settings.dedup_ttl_s)
+
+
+def _broker(settings: Settings) -> RedisBroker:
+    return build_broker(
+        settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
+    )
+
+
 def cmd_poll(args: argparse.Namespace) -> int:
     settings = _start(args)
     settings.require("OCTOPODS_API_KEY")
     assert settings.octopods_api_key is not None
-    rules = load_rules(args.rules or settings.rules_path)
     dry_run = args.dry_run or settings.dry_run
 
     alerts.init_sentry(settings)
-    broker = build_broker(
-        settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
-    )
-    store = Store(
-        connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure),
-        settings.redis_prefix,
-        dedup_ttl_s=settings.dedup_ttl_s,
-    )
+    store = _store(settings)
+    rules = RulesSource(args.rules or settings.rules_path, store=None if dry_run else store)
+    broker = _broker(settings)
     api_key = settings.octopods_api_key.get_secret_value()
     client = OctopodsClient(settings.octopods_base_url, api_key)
     poller = Poller(
         client,
         store,
-        lambda: rules,
+        rules.current,
         broker_enqueue(broker),
         max_message_age_s=settings.max_message_age_s,
         dry_run=dry_run,
         api_key=api_key,
+        budget=AlertBudget(store.client, settings.redis_prefix, limit=settings.alert_limit),
+        monitor_slug=settings.monitor_slug,
     )
     logger.info(
         "rules loaded",
-        extra={"path": str(rules.path), "rules": len(rules.rules), "digest": rules.digest},
+        extra={
+            "path": str(rules.path),
+            "rules": len(rules.rules.rules),
+            "digest": rules.rules.digest,
+        },
     )
 
     try:
@@ -115,7 +135,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    path = Path(args.path) if args.path else _rules_path_from_env()
+    path = Path(args.path) if args.path else load_settings().rules_path
     errors = check_rules(path)
     if errors:
         for error in errors:
@@ -128,67 +148,115 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    path = Path(args.rules) if args.rules else _rules_path_from_env()
-    rules = load_rules(path)
-    print(rules.explain(Reason(args.reason, args.code)))
+    rules = load_rules(args.rules or load_settings().rules_path)
+    print(redactor.text(rules.explain(Reason(args.reason, args.code))))
     return 0
 
 
-def _rules_path_from_env() -> Path:
-    return load_settings().rules_path
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules or load_settings().rules_path)
+    report = run_cases(rules, args.cases)
+    print(report.render(), file=sys.stdout if report.passed else sys.stderr)
+    return 0 if report.passed else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    store = Store(
-        connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure),
-        settings.redis_prefix,
-    )
-    now = time.time()
-    until = store.backoff_until()
-    last = store.get_last_poll()
-    windows = {
-        "last hour": store.counts(hours=1, now=now),
-        "last day": store.counts(hours=24, now=now),
-    }
+    store = _store(load_settings())
+    status = gather_status(store, now=time.time())
     if args.json:
-        status = {"backoff_until": until or None, "last_poll": last, **windows}
-        print(json.dumps(status, indent=2, sort_keys=True))
-        return 0
-
-    print(f"backoff: {'until ' + _iso(until) if until > now else 'none'}")
-    print(f"last poll: {_iso(float(last['at'])) if last else 'never'}")
-    for window, counts in windows.items():
-        shown = ", ".join(f"{name}={value}" for name, value in sorted(counts.items()))
-        print(f"{window}: {shown or 'nothing yet'}")
+        print(redactor.text(json.dumps(status, indent=2, sort_keys=True)))
+    else:
+        print(render_status(status))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    store = Store(
-        connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure),
-        settings.redis_prefix,
-    )
-    record = store.get_record(args.message_id)
-    if not record:
+    text = render_message(_store(load_settings()), args.message_id)
+    if text is None:
         print(
-            f"no record of message {args.message_id} (never failed, not seen yet, or older than the dedup TTL)"
+            f"no record of message {args.message_id}: it has not failed, has not been "
+            "polled yet, or is older than RETRIER_DEDUP_TTL",
+            file=sys.stderr,
         )
         return 1
-    for key in sorted(record):
-        print(f"{key}: {record[key]}")
+    print(text)
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = _start(args)
+    now = time.time()
+    since = args.since if args.since is not None else now - settings.dedup_ttl_s
+    until = args.until if args.until is not None else now
+    store = _store(settings)
+    broker = _broker(settings)
+    try:
+        report = replay(
+            store,
+            broker_enqueue(broker),
+            since=since,
+            until=until,
+            rule=args.rule,
+            dry_run=args.dry_run,
+            now=now,
+        )
+    finally:
+        broker.close()
+
+    window = f"given up between {iso(since)} and {iso(until)}" + (
+        f" by rule {args.rule}" if args.rule else ""
+    )
+    if args.dry_run:
+        print(f"would replay {len(report.found)} message(s) {window}:")
+        for message_id, rule in report.found:
+            print(f"  {message_id}  {rule}")
+        return 0
+    print(f"replayed {len(report.queued)} of {len(report.found)} message(s) {window}")
+    for message_id, why in report.left:
+        print(f"  left {message_id}: {why}")
+    return 1 if report.left else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    settings = _start(args)
+    lifted = _store(settings).resume()
+    if not lifted:
+        print("no pause in force: resends are running")
+        return 0
+    logger.warning(
+        "resends resumed",
+        extra={"rule": lifted.get("rule"), "message_id": lifted.get("message_id")},
+    )
+    print(
+        f"resumed: resends had been paused since {iso(float(lifted.get('since', 0)))} by rule "
+        f"{lifted.get('rule')} (message {lifted.get('message_id')}); held messages go out within "
+        f"{PAUSE_RECHECK_S:g} s"
+    )
+    return 0
+
+
+def parse_moment(text: str) -> float:
+    """Read ``--since``/``--until`` as a Unix time: a duration ago (``2h``) or an ISO-8601 time."""
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected a duration ago such as 2h or 30m, or an ISO-8601 time "
+            "such as 2026-04-24T10:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from retrier.demo import run_demo  # the simulator is only needed here
 
     return run_demo(duration_s=args.duration, quiet=args.quiet)
-
-
-def _iso(moment: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,14 +295,40 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--code", type=int, help="a structured error code sent with the reason")
     explain.add_argument("--rules", help="rules file (default: RETRIER_RULES_PATH)")
     explain.set_defaults(handler=cmd_rules_explain)
+    test = rules_commands.add_parser(
+        "test", help="check that each reason of a cases file gets its expected rule and action"
+    )
+    test.add_argument("cases", help="the cases file, such as config/rules-cases.yaml")
+    test.add_argument("--rules", help="rules file (default: RETRIER_RULES_PATH)")
+    test.set_defaults(handler=cmd_rules_test)
 
-    status = commands.add_parser("status", help="backoff, last poll and counts per outcome")
+    status = commands.add_parser(
+        "status", help="backoff, pause, last poll, rules version, counts and unclassified reasons"
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
     show = commands.add_parser("show", help="what happened to one message")
     show.add_argument("message_id", type=_positive_int)
     show.set_defaults(handler=cmd_show)
+
+    replay_parser = commands.add_parser(
+        "replay", help="queue given-up resends again, once the cause is fixed"
+    )
+    replay_parser.add_argument(
+        "--since",
+        type=parse_moment,
+        help="start of the window: a duration ago (2h) or an ISO-8601 time (default: RETRIER_DEDUP_TTL ago)",
+    )
+    replay_parser.add_argument(
+        "--until", type=parse_moment, help="end of the window, in the same forms (default: now)"
+    )
+    replay_parser.add_argument("--rule", help="only messages of this rule")
+    replay_parser.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    replay_parser.set_defaults(handler=cmd_replay)
+
+    resume = commands.add_parser("resume", help="lift a pause set by an account-level failure")
+    resume.set_defaults(handler=cmd_resume)
 
     demo = commands.add_parser("demo", help="run the whole pipeline against local simulators")
     demo.add_argument("--duration", type=float, default=12.0, help="seconds to run (default: 12)")

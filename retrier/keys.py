@@ -32,6 +32,30 @@ class Keys:
         return f"{self.prefix}:unclassified"
 
     @property
+    def unclassified_samples(self) -> str:
+        return f"{self.prefix}:unclassified:sample"
+
+    @property
+    def gave_up(self) -> str:
+        return f"{self.prefix}:gaveup"
+
+    @property
+    def pause(self) -> str:
+        return f"{self.prefix}:pause"
+
+    @property
+    def rules(self) -> str:
+        return f"{self.prefix}:rules"
+
+    @property
+    def poller(self) -> str:
+        return f"{self.prefix}:poller"
+
+    def alerts(self, hour: int) -> str:
+        """Alert budget hash of one UTC hour; ``hour`` is Unix time // 3600."""
+        return f"{self.prefix}:alerts:{hour}"
+
+    @property
     def last_poll(self) -> str:
         return f"{self.prefix}:poll:last"
 

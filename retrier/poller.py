@@ -6,9 +6,10 @@ One cycle:
 2. list the newest 100 sends (a 429 sets the shared backoff);
 3. keep the failed ones and classify each failure reason by the rules;
 4. claim them in Redis, so that each is acted on once across polls and pollers;
-5. per claimed message: skip it if older than its maximum age, alert it if
-   permanent, else enqueue a resend job;
-6. record every outcome, and log one summary line.
+5. per claimed message, act as :mod:`retrier.triage` describes (skip, alert,
+   pause, give up or enqueue);
+6. record every outcome, alert new unclassified reasons, and log one summary
+   line.
 
 A claim that is never recorded (the process died in between) expires, and a
 later cycle claims the message again: nothing claimed is lost.
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
+import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Protocol
 
 import dramatiq
@@ -38,9 +38,13 @@ from retrier.errors import (
     OctopodsRateLimited,
     StoreError,
 )
+from retrier.flood import AlertBudget
 from retrier.octopods import OctopodsClient, SentMessage
 from retrier.rules import Classification, Reason
-from retrier.store import Claim, Outcome, Store
+from retrier.store import Outcome, Store
+from retrier.triage import CycleReport, Enqueue, Triage, normalize_reason
+
+__all__ = ["Classifier", "CycleReport", "Poller", "broker_enqueue", "normalize_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,42 +52,11 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_INITIAL_S = 30.0
 RATE_LIMIT_MAX_S = 900.0
 
-Enqueue = Callable[[Job, float], None]
-
 
 class Classifier(Protocol):
     """Anything that classifies failure reasons: a RuleSet, or a wrapper of one."""
 
     def classify(self, reason: Reason) -> Classification: ...
-
-
-@dataclass
-class CycleReport:
-    """What one poll cycle saw and did; ``skipped`` counts too-old and malformed items."""
-
-    seen: int = 0
-    failed: int = 0
-    queued: int = 0
-    permanent: int = 0
-    gave_up: int = 0
-    skipped: int = 0
-    duplicates: int = 0
-    unclassified: int = 0
-    waited_until: float = 0.0  # the shared backoff that stopped this cycle, if any
-    error: str = ""
-    planned: list[str] = field(default_factory=list)  # dry-run lines
-
-    def fields(self) -> dict[str, int | str]:
-        return {
-            "seen": self.seen,
-            "failed": self.failed,
-            "queued": self.queued,
-            "permanent": self.permanent,
-            "gave_up": self.gave_up,
-            "skipped": self.skipped,
-            "duplicates": self.duplicates,
-            "unclassified": self.unclassified,
-        }
 
 
 def broker_enqueue(broker: dramatiq.Broker) -> Enqueue:
@@ -93,17 +66,6 @@ def broker_enqueue(broker: dramatiq.Broker) -> Enqueue:
         enqueue_resend(broker, job, delay_s=delay_s)
 
     return enqueue
-
-
-def normalize_reason(text: str) -> str:
-    """Return the form of a failure reason under which unclassified reasons are counted.
-
-    Case and spacing are folded, and long digit runs (ids, phone numbers) become
-    ``#``, so that one reason seen with different ids counts as one.
-    """
-    folded = " ".join(text.casefold().split())
-    folded = re.sub(r"\+?\d[\d\s-]{5,}\d", "#", folded)
-    return folded[:200] or "(empty)"
 
 
 class Poller:
@@ -118,6 +80,8 @@ class Poller:
             their rule sets its own ``max_age``.
         dry_run: classify and report, but claim, enqueue, alert and record nothing.
         api_key: used only to tell one rejected key from the next in alerts.
+        budget: the per-rule hourly alert limit, or None for no limit.
+        monitor_slug: the Sentry Crons monitor each cycle checks in to, or None.
         clock: returns the Unix time.
     """
 
@@ -131,18 +95,31 @@ class Poller:
         max_message_age_s: float,
         dry_run: bool = False,
         api_key: str = "",
+        budget: AlertBudget | None = None,
+        monitor_slug: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.store = store
         self.rules = rules
-        self.enqueue = enqueue
-        self.max_message_age_s = max_message_age_s
+        self.triage = Triage(store, enqueue, max_message_age_s=max_message_age_s, budget=budget)
         self.dry_run = dry_run
+        self.budget = budget
+        self.monitor_slug = monitor_slug
         self.clock = clock
+        self.poller_id = f"{os.environ.get('DYNO') or socket.gethostname()}:{os.getpid()}"
+        self.interval_s = 60.0
         self._key_alert = "key-rejected:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
         self._key_rejected_cycles = 0
         self._rate_limited_cycles = 0
+
+    @property
+    def enqueue(self) -> Enqueue:
+        return self.triage.enqueue
+
+    @enqueue.setter
+    def enqueue(self, enqueue: Enqueue) -> None:
+        self.triage.enqueue = enqueue
 
     # -- one cycle ------------------------------------------------------
 
@@ -259,11 +236,6 @@ class Poller:
         rules = self.rules()
         failed = [message for message in messages if message.failed]
         report.failed = len(failed)
-        if not failed:
-            if not self.dry_run:
-                self.store.set_last_poll({"at": repr(now), **report.fields()})
-            return
-
         decisions = [
             (message, rules.classify(Reason(message.failure_reason, message.failure_code)))
             for message in failed
@@ -280,140 +252,28 @@ class Poller:
             if not claim.claimed:
                 report.duplicates += 1
                 continue
-            outcome = self._act(message, decision, claim, report, now)
+            outcome = self.triage.act(message, decision, claim, report, now)
             if outcome is not None:
                 outcomes.append(outcome)
 
-        self.store.record(outcomes, now=now)
-        self.store.set_last_poll({"at": repr(now), **report.fields()})
+        first_seen = self.store.record(outcomes, now=now)
+        self._alert_new_reasons(first_seen, outcomes)
+        self.store.set_last_poll(
+            {"at": repr(now), **report.fields()}, poller=self.poller_id, ttl_s=3 * self.interval_s
+        )
 
-    def _age_limit(self, decision: Classification) -> float:
-        return decision.policy.max_age_s or self.max_message_age_s
-
-    def _act(
-        self,
-        message: SentMessage,
-        decision: Classification,
-        claim: Claim,
-        report: CycleReport,
-        now: float,
-    ) -> Outcome | None:
-        fields: dict[str, str | int | float] = {
-            "rule": decision.rule,
-            "action": decision.action,
-            "reason": message.failure_reason[:300],
-            "sent_at": message.sent_at.isoformat(),
-        }
-        if claim.root != message.message_id:
-            fields["root"] = claim.root
-        unclassified = None if decision.matched else normalize_reason(message.failure_reason)
-        extra_counters: tuple[str, ...] = ("unclassified",) if unclassified else ()
-        report.unclassified += 1 if unclassified else 0
-        ids = {"message_id": message.message_id, "rule": decision.rule, "action": decision.action}
-
-        age_s = now - message.sent_at.timestamp()
-        if age_s > self._age_limit(decision):
-            report.skipped += 1
-            logger.info(
-                "skipped old failure",
-                extra={**ids, "age_s": round(age_s), "max_age_s": self._age_limit(decision)},
-            )
-            return Outcome(
-                message.message_id, "expired", fields, ("expired", *extra_counters), unclassified
-            )
-
-        if decision.action != "retry":
-            report.permanent += 1
-            if decision.policy.alert:
-                self._alert(message, decision)
+    def _alert_new_reasons(self, reasons: list[str], outcomes: list[Outcome]) -> None:
+        for reason in reasons:
+            outcome = next(item for item in outcomes if item.unclassified_reason == reason)
             logger.warning(
-                "permanent failure", extra={**ids, "reason": message.failure_reason[:200]}
+                "new unclassified reason",
+                extra={"message_id": outcome.message_id, "reason": reason},
             )
-            # NOTE: a pause rule is treated as permanent here: resends are not yet held account-wide.
-            return Outcome(
-                message.message_id,
-                "permanent",
-                fields,
-                ("permanent", *extra_counters),
-                unclassified,
+            alerts.alert_unclassified(
+                reason=reason,
+                sample=str(outcome.fields.get("reason", "")),
+                message_id=outcome.message_id,
             )
-
-        if claim.attempts_used >= decision.policy.max_attempts:
-            report.gave_up += 1
-            cause = f"the resend chain of {claim.root} used its {claim.attempts_used} attempts"
-            logger.warning(
-                "resend given up", extra={**ids, "attempt": claim.attempts_used, "cause": cause}
-            )
-            alerts.alert_gave_up(
-                message_id=message.message_id,
-                rule=decision.rule,
-                attempt=claim.attempts_used,
-                cause=cause,
-                phone_number=message.phone_number,
-            )
-            return Outcome(
-                message.message_id,
-                "gave_up",
-                {**fields, "cause": cause},
-                ("gave_up", *extra_counters),
-                unclassified,
-            )
-
-        return self._enqueue(message, decision, claim, report, fields, extra_counters, unclassified)
-
-    def _enqueue(
-        self,
-        message: SentMessage,
-        decision: Classification,
-        claim: Claim,
-        report: CycleReport,
-        fields: dict[str, str | int | float],
-        extra_counters: tuple[str, ...],
-        unclassified: str | None,
-    ) -> Outcome | None:
-        policy = decision.policy
-        job = Job(
-            message_id=message.message_id,
-            root=claim.root,
-            token=claim.token,
-            phone_number=message.phone_number,
-            sent_at=message.sent_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            failure_reason=message.failure_reason,
-            rule=decision.rule,
-            max_attempts=policy.max_attempts,
-            backoff_initial_s=policy.backoff_initial_s,
-            backoff_max_s=policy.backoff_max_s,
-        )
-        ids = {
-            "message_id": message.message_id,
-            "rule": decision.rule,
-            "attempt": claim.attempts_used + 1,
-        }
-        try:
-            self.enqueue(job, policy.delay_s)
-        except Exception as error:  # the broker's errors are not one tree: redis, pika, …
-            logger.error(
-                "enqueue failed; the claim expires and a later cycle retries",
-                extra={**ids, "error": str(error)},
-            )
-            return None
-
-        report.queued += 1
-        if policy.alert:
-            self._alert(message, decision)
-        logger.info("resend queued", extra={**ids, "delay_s": policy.delay_s})
-        return Outcome(
-            message.message_id, "queued", fields, ("queued", *extra_counters), unclassified
-        )
-
-    def _alert(self, message: SentMessage, decision: Classification) -> None:
-        alerts.alert_failure(
-            message_id=message.message_id,
-            rule=decision.rule,
-            action=decision.action,
-            reason=message.failure_reason,
-            phone_number=message.phone_number,
-        )
 
     def _plan(
         self, decisions: list[tuple[SentMessage, Classification]], report: CycleReport, now: float
@@ -423,18 +283,7 @@ class Poller:
         except StoreError:
             handled = [False] * len(decisions)
         for (message, decision), done in zip(decisions, handled, strict=True):
-            if done:
-                verdict = "already handled"
-                report.duplicates += 1
-            elif now - message.sent_at.timestamp() > self._age_limit(decision):
-                verdict = "would skip: older than the maximum age"
-                report.skipped += 1
-            elif decision.action == "retry":
-                verdict = f"would resend after {decision.policy.delay_s:g}s"
-                report.queued += 1
-            else:
-                verdict = "would alert" if decision.policy.alert else "would record as permanent"
-                report.permanent += 1
+            verdict = self.triage.plan(message, decision, done, now)
             report.unclassified += 0 if decision.matched else 1
             line = f"{message.message_id}: {decision.rule} ({decision.action}) {verdict}"
             report.planned.append(line)
@@ -455,17 +304,34 @@ class Poller:
 
         A cycle in progress finishes first. No cycle starts before a shared
         backoff passes. An unexpected error is logged and sent to Sentry, and
-        the loop goes on.
+        the loop goes on. Each cycle checks in to the Sentry Crons monitor.
         """
-        logger.info("poller started", extra={"interval_s": interval_s, "dry_run": self.dry_run})
+        self.interval_s = interval_s
+        logger.info(
+            "poller started",
+            extra={"interval_s": interval_s, "dry_run": self.dry_run, "poller": self.poller_id},
+        )
         while not stop.is_set():
             started = self.clock()
             try:
                 report = self.run_cycle()
+                self._report_suppressed_alerts()
             except Exception as error:
                 logger.exception("poll cycle failed unexpectedly")
                 alerts.capture_unexpected(error)
-                report = CycleReport()
+                report = CycleReport(error=f"{type(error).__name__}: {error}")
+            if self.monitor_slug and not self.dry_run:
+                alerts.check_in(slug=self.monitor_slug, ok=not report.error, interval_s=interval_s)
             next_at = max(started + interval_s, report.waited_until)
             stop.wait(max(next_at - self.clock(), 0.0))
         logger.info("poller stopped")
+
+    def _report_suppressed_alerts(self) -> None:
+        if self.budget is None or self.dry_run:
+            return
+        try:
+            self.budget.report_previous_hour(now=self.clock())
+        except StoreError as error:
+            logger.warning(
+                "suppressed alerts not reported: redis unavailable", extra={"error": str(error)}
+            )

@@ -44,6 +44,8 @@ EXPECTED = {
     "RETRIER_DRY_RUN": "true or false",
     "SENTRY_DSN": "a Sentry DSN such as https://<key>@o0.ingest.sentry.io/<project>",
     "SENTRY_ENVIRONMENT": "a name such as production",
+    "SENTRY_MONITOR_SLUG": "a Sentry Crons monitor slug: lower-case letters, digits and '-'",
+    "RETRIER_ALERT_LIMIT": "a whole number of alerts per rule per hour, at least 1",
     "LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
 }
 
@@ -112,6 +114,14 @@ class Settings(BaseSettings):
     )
     sentry_environment: str | None = Field(
         None, validation_alias=AliasChoices("SENTRY_ENVIRONMENT", "sentry_environment")
+    )
+    monitor_slug: str = Field(
+        "retrier-poller",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,49}$",
+        validation_alias=AliasChoices("SENTRY_MONITOR_SLUG", "monitor_slug"),
+    )
+    alert_limit: int = Field(
+        20, ge=1, validation_alias=AliasChoices("RETRIER_ALERT_LIMIT", "alert_limit")
     )
     log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
 

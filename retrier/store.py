@@ -31,17 +31,26 @@ from typing import Any, Literal, cast
 
 import redis
 
+from retrier import scripts
 from retrier.errors import StoreError
 from retrier.keys import Keys
 
 logger = logging.getLogger(__name__)
 
 State = Literal[
-    "claimed", "queued", "sending", "retrying", "resent", "gave_up", "permanent", "expired"
+    "claimed",
+    "queued",
+    "sending",
+    "retrying",
+    "resent",
+    "gave_up",
+    "permanent",
+    "expired",
+    "cancelled",
 ]
 
-#: States after which the hook is never called again for the message.
-FINAL_STATES: frozenset[str] = frozenset({"resent", "gave_up", "permanent", "expired"})
+#: How many distinct unclassified reasons are kept; the rarest go first.
+MAX_UNCLASSIFIED = 500
 
 #: Seconds a claim lives before the message can be claimed again; long enough
 #: for a poller to enqueue a full page, short enough to retake it soon after a crash.
@@ -49,89 +58,6 @@ DEFAULT_CLAIM_TTL_S = 120
 
 #: Seconds the hourly counters are kept: the last day plus a margin.
 COUNTS_TTL_S = 2 * 86400
-
-# Claim each message id that has no record yet. ARGV: prefix, claim_ttl_s, now,
-# then (message_id, token) pairs. Returns, per pair, {claimed (0/1), root id or
-# "", attempts used by the root's chain}.
-_CLAIM = """
-local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out = {}
-for i = 4, #ARGV, 2 do
-  local id, token = ARGV[i], ARGV[i + 1]
-  local key = prefix .. ':msg:' .. id
-  if redis.call('exists', key) == 1 then
-    table.insert(out, {0, '', 0})
-  else
-    local root = redis.call('get', prefix .. ':resend:' .. id) or id
-    redis.call('hset', key, 'state', 'claimed', 'token', token, 'root', root,
-               'seen_at', now, 'updated_at', now)
-    redis.call('expire', key, ttl)
-    local used = redis.call('hget', prefix .. ':msg:' .. root, 'attempts') or 0
-    table.insert(out, {1, root, tonumber(used)})
-  end
-end
-return out
-"""
-
-# Start a hook call. ARGV: prefix, id, token, root, max_attempts, now,
-# inflight_ttl_ms, dedup_ttl_s. Returns {status, value}: backoff (until),
-# stale, done (state), busy (ms left), exhausted (attempts used), proceed (attempt).
-_BEGIN = """
-local prefix, id, token, root = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local max_attempts, now = tonumber(ARGV[5]), ARGV[6]
-local inflight_ttl, dedup_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
-local not_before = tonumber(redis.call('hget', prefix .. ':backoff', 'until') or '0')
-if not_before > tonumber(now) then return {'backoff', tostring(not_before)} end
-local key = prefix .. ':msg:' .. id
-local state, held = unpack(redis.call('hmget', key, 'state', 'token'))
-if state and held ~= token then return {'stale', state} end
-if state == 'resent' or state == 'gave_up' or state == 'permanent' or state == 'expired' then
-  return {'done', state}
-end
-local lock = prefix .. ':inflight:' .. id
-local left = redis.call('pttl', lock)
-if left > 0 then return {'busy', tostring(left)} end
-local root_key = prefix .. ':msg:' .. root
-local used = tonumber(redis.call('hget', root_key, 'attempts') or '0')
-if used >= max_attempts then return {'exhausted', tostring(used)} end
-redis.call('hincrby', root_key, 'attempts', 1)
-redis.call('expire', root_key, dedup_ttl)
-redis.call('set', lock, token, 'PX', inflight_ttl)
-if not state then redis.call('hset', key, 'token', token, 'root', root, 'seen_at', now) end
-redis.call('hset', key, 'state', 'sending', 'updated_at', now)
-redis.call('expire', key, dedup_ttl)
-return {'proceed', tostring(used + 1)}
-"""
-
-# End a hook call. ARGV: prefix, id, root, refund (1 = the attempt was not used),
-# dedup_ttl_s, hour key, counter name, then field/value pairs for the record.
-_FINISH = """
-local prefix, id, root, refund = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local dedup_ttl, counts, counter = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local key = prefix .. ':msg:' .. id
-if refund == '1' then redis.call('hincrby', prefix .. ':msg:' .. root, 'attempts', -1) end
-if #ARGV > 7 then redis.call('hset', key, unpack(ARGV, 8)) end
-redis.call('expire', key, dedup_ttl)
-redis.call('del', prefix .. ':inflight:' .. id)
-if counter ~= '' then
-  redis.call('hincrby', counts, counter, 1)
-  redis.call('expire', counts, 172800)
-end
-return 1
-"""
-
-# Move the shared backoff later, never earlier. ARGV: key, until, source, now.
-# Returns the backoff in force afterwards.
-_DEFER = """
-local key, not_before, source, now = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local current = tonumber(redis.call('hget', key, 'until') or '0')
-if not_before > current then
-  redis.call('hset', key, 'until', ARGV[1], 'source', source, 'set_at', now)
-  redis.call('expireat', key, math.ceil(not_before) + 3600)
-  return ARGV[1]
-end
-return tostring(current)
-"""
 
 
 @dataclass(frozen=True)
@@ -150,12 +76,14 @@ class AttemptStart:
     """What :meth:`Store.begin_attempt` decided.
 
     ``status`` is one of: ``proceed`` (call the hook; ``attempt`` is its number),
-    ``backoff`` (wait until ``until``), ``busy`` (another call for the message is
-    in flight; wait ``until``), ``stale`` (another job owns the message),
-    ``done`` (already finished) or ``exhausted`` (no attempts left).
+    ``paused`` (an account-level failure holds every resend), ``backoff`` (wait
+    until ``until``), ``busy`` (another call for the message is in flight; wait
+    ``until``), ``stale`` (another job owns the message), ``done`` (already
+    finished) or ``exhausted`` (no attempts left; ``attempt`` is the number
+    used). While waiting, ``attempt`` is the number the next call will have.
     """
 
-    status: Literal["proceed", "backoff", "busy", "stale", "done", "exhausted"]
+    status: Literal["proceed", "paused", "backoff", "busy", "stale", "done", "exhausted"]
     attempt: int = 0
     until: float = 0.0
     state: str = ""
@@ -184,10 +112,12 @@ class Store:
         self.keys = Keys(prefix)
         self.dedup_ttl_s = dedup_ttl_s
         self.claim_ttl_s = claim_ttl_s
-        self._claim = client.register_script(_CLAIM)
-        self._begin = client.register_script(_BEGIN)
-        self._finish = client.register_script(_FINISH)
-        self._defer = client.register_script(_DEFER)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
+        self._finish = client.register_script(scripts.FINISH_ATTEMPT)
+        self._defer = client.register_script(scripts.DEFER)
+        self._pause = client.register_script(scripts.PAUSE)
+        self._replay = client.register_script(scripts.REPLAY)
 
     # -- shared backoff -------------------------------------------------
 
@@ -237,16 +167,18 @@ class Store:
             )
         return claims
 
-    def record(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+    def record(self, outcomes: Sequence[Outcome], *, now: float) -> list[str]:
         """Write the outcome of each claimed message and count it, in one round trip.
 
         Records become permanent for ``dedup_ttl_s``; a claim that is never recorded
-        expires and is taken up again.
+        expires and is taken up again. Returns the unclassified reasons (normalised)
+        seen here for the first time.
         """
         if not outcomes:
-            return
+            return []
         counts = self.keys.counts(int(now // 3600))
         pipe = self.client.pipeline(transaction=False)
+        sightings: list[tuple[int, str]] = []  # (index of the ZINCRBY reply, reason)
         for outcome in outcomes:
             key = self.keys.message(outcome.message_id)
             fields: dict[Any, Any] = {
@@ -259,10 +191,16 @@ class Store:
             for counter in outcome.counters:
                 pipe.hincrby(counts, counter, 1)
             if outcome.unclassified_reason is not None:
+                sightings.append((len(pipe), outcome.unclassified_reason))
                 pipe.zincrby(self.keys.unclassified, 1, outcome.unclassified_reason)
+                sample = str(outcome.fields.get("reason", ""))
+                pipe.hsetnx(self.keys.unclassified_samples, outcome.unclassified_reason, sample)
         pipe.expire(counts, COUNTS_TTL_S)
+        if sightings:
+            pipe.zremrangebyrank(self.keys.unclassified, 0, -MAX_UNCLASSIFIED - 1)
         with _translate("recording outcomes"):
-            pipe.execute()
+            replies = pipe.execute()
+        return [reason for index, reason in sightings if float(replies[index]) == 1.0]
 
     def count(self, counters: Mapping[str, int], *, now: float) -> None:
         """Add to this hour's outcome counters."""
@@ -313,18 +251,16 @@ class Store:
             self.dedup_ttl_s,
         ]
         with _translate("starting a hook attempt"):
-            status, value = self._begin(args=args)
-        status = status.decode() if isinstance(status, bytes) else status
-        value = value.decode() if isinstance(value, bytes) else value
-        if status == "proceed":
-            return AttemptStart("proceed", attempt=int(value))
+            raw_status, raw_value, next_attempt = self._begin(args=args)
+        status = _text(raw_status)
+        value = _text(raw_value)
         if status == "backoff":
-            return AttemptStart("backoff", until=float(value))
+            return AttemptStart("backoff", attempt=int(next_attempt), until=float(value))
         if status == "busy":
-            return AttemptStart("busy", until=now + int(value) / 1000)
-        if status == "exhausted":
-            return AttemptStart("exhausted", attempt=int(value))
-        return AttemptStart(cast(Any, status), state=value)
+            return AttemptStart("busy", attempt=int(next_attempt), until=now + int(value) / 1000)
+        if status in ("proceed", "exhausted"):
+            return AttemptStart(cast(Any, status), attempt=int(value))
+        return AttemptStart(cast(Any, status), attempt=int(next_attempt), state=value)
 
     def finish_attempt(
         self,
@@ -350,9 +286,7 @@ class Store:
             self.dedup_ttl_s,
             self.keys.counts(int(now // 3600)),
             counter,
-            "state",
             state,
-            "updated_at",
             repr(now),
         ]
         for name, value in fields.items():
@@ -401,17 +335,102 @@ class Store:
         with _translate("clearing an alert flag"):
             self.client.delete(self.keys.once(name))
 
-    def set_last_poll(self, fields: Mapping[str, str | int | float]) -> None:
-        """Store when the last poll ran and what it found."""
-        with _translate("recording the poll"):
-            mapping: dict[Any, Any] = dict(fields)
-            self.client.hset(self.keys.last_poll, mapping=mapping)
+    def set_last_poll(
+        self, fields: Mapping[str, str | int | float], *, poller: str, ttl_s: float
+    ) -> None:
+        """Store when the last poll ran and what it found, and which poller ran it.
 
-    def get_last_poll(self) -> dict[str, str]:
-        """Return what :meth:`set_last_poll` stored ({} before the first poll)."""
-        with _translate("reading the last poll"):
-            raw = self.client.hgetall(self.keys.last_poll)
-        return {_text(key): _text(value) for key, value in raw.items()}
+        The poller entry expires after ``ttl_s``, so that ``status`` shows no
+        active poller once none has polled for that long.
+        """
+        last: dict[Any, Any] = dict(fields)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.last_poll, mapping=last)
+        pipe.hset(self.keys.poller, mapping={"id": poller, "at": last.get("at", "")})
+        pipe.expire(self.keys.poller, max(int(ttl_s), 1))
+        with _translate("recording the poll"):
+            pipe.execute()
+
+    def get_hash(self, key: str) -> dict[str, str]:
+        """Return a hash under this store's keys as text ({} when absent)."""
+        with _translate(f"reading {key}"):
+            raw = self.client.hgetall(key)
+        return {_text(name): _text(value) for name, value in raw.items()}
+
+    # -- pause ----------------------------------------------------------
+
+    def pause(self, fields: Mapping[str, str | int | float]) -> bool:
+        """Hold every resend of the account; return True if this call set the pause.
+
+        ``fields`` (rule, message_id, reason, since) describe the failure that
+        caused it; a pause already in force is kept as it is.
+        """
+        args: list[Any] = []
+        for name, value in fields.items():
+            args.extend((name, value))
+        with _translate("pausing resends"):
+            return bool(self._pause(keys=[self.keys.pause], args=args))
+
+    def resume(self) -> dict[str, str]:
+        """Lift the pause; return what it held ({} when there was none)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.keys.pause)
+        pipe.delete(self.keys.pause)
+        with _translate("resuming resends"):
+            raw, _ = pipe.execute()
+        return {_text(name): _text(value) for name, value in raw.items()}
+
+    # -- replay ---------------------------------------------------------
+
+    def given_up(self, *, since: float, until: float) -> list[int]:
+        """Return the ids of messages given up between ``since`` and ``until``, oldest first."""
+        with _translate("reading given-up messages"):
+            raw = self.client.zrangebyscore(self.keys.gave_up, since, until)
+        return [int(_text(value)) for value in raw]
+
+    def requeue_given_up(self, message_id: int, *, token: str, now: float) -> str | None:
+        """Move a given-up message back to ``queued`` under ``token``, once.
+
+        Returns the job stored when it was given up (JSON), or None when the
+        message is no longer given up (another replay took it) or has no job.
+        The chain's attempt count starts again from zero.
+        """
+        with _translate("replaying a message"):
+            job = self._replay(args=[self.keys.prefix, message_id, token, repr(now)])
+        return _text(job) if job else None
+
+    def count_given_up(self) -> int:
+        """Return how many given-up messages replay can take."""
+        with _translate("counting given-up messages"):
+            return int(self.client.zcard(self.keys.gave_up))
+
+    def top_unclassified(self, limit: int) -> list[tuple[str, int, str]]:
+        """Return the most common unclassified reasons: (normalised reason, count, first text)."""
+        with _translate("reading unclassified reasons"):
+            top = cast(
+                list[tuple[bytes, float]],
+                self.client.zrevrange(self.keys.unclassified, 0, limit - 1, withscores=True),
+            )
+            names = [reason for reason, _ in top]
+            samples = (
+                cast(list[bytes | None], self.client.hmget(self.keys.unclassified_samples, names))
+                if names
+                else []
+            )
+        return [
+            (_text(reason), int(count), _text(sample) if sample else _text(reason))
+            for (reason, count), sample in zip(top, samples, strict=True)
+        ]
+
+    def restore_given_up(self, message_id: int, *, now: float) -> None:
+        """Put a message back among the given-up ones after a replay failed to enqueue it."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(
+            self.keys.message(message_id), mapping={"state": "gave_up", "updated_at": repr(now)}
+        )
+        pipe.zadd(self.keys.gave_up, {str(message_id): now})
+        with _translate("restoring a given-up message"):
+            pipe.execute()
 
 
 @dataclass(frozen=True)

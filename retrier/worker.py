@@ -17,6 +17,7 @@ import dramatiq
 
 from retrier.actors import Resender, declare_resend_actor
 from retrier.broker import build_broker, connect_redis
+from retrier.flood import AlertBudget
 from retrier.hook import HookClient
 from retrier.settings import Settings
 from retrier.store import Store
@@ -47,7 +48,8 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
     hook = HookClient(
         settings.resend_hook_url, secret=secret, timeout_s=settings.resend_hook_timeout_s
     )
-    declare_resend_actor(broker, Resender(store, hook))
+    budget = AlertBudget(store.client, settings.redis_prefix, limit=settings.alert_limit)
+    declare_resend_actor(broker, Resender(store, hook, budget=budget))
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS)
     worker.start()

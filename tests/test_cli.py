@@ -229,3 +229,80 @@ def test_demo_prints_summary(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert resent is not None and int(resent.group(1)) > 0
     assert alerted is not None and int(alerted.group(1)) > 0
+
+
+def test_rules_test_shipped_cases_pass() -> None:
+    result = run(
+        "rules", "test", str(REPO / "config" / "rules-cases.yaml"), "--rules", str(DEFAULT_RULES)
+    )
+    assert result.returncode == 0
+    assert "cases passed" in result.stdout
+
+
+def test_rules_test_mismatch_prints_diff(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        '- reason: "Recipient is not a WhatsApp user."\n  rule: default\n  action: retry\n'
+    )
+
+    result = run("rules", "test", str(cases), "--rules", str(DEFAULT_RULES))
+
+    assert result.returncode == 1
+    assert "expected rule=default action=retry" in result.stderr
+    assert "got      rule=not-a-whatsapp-user action=permanent" in result.stderr
+
+
+def test_resume_without_pause(prefix: str, tmp_path: Path) -> None:
+    result = run(
+        "resume", env={"REDIS_URL": REDIS_URL, "RETRIER_REDIS_PREFIX": prefix}, cwd=tmp_path
+    )
+    assert result.returncode == 0
+    assert "no pause in force" in result.stdout
+
+
+def test_resume_lifts_pause(prefix: str, store: Store, tmp_path: Path) -> None:
+    store.pause(
+        {
+            "rule": "payment-problem",
+            "message_id": 5,
+            "reason": "payment",
+            "since": repr(time.time()),
+        }
+    )
+
+    result = run(
+        "resume", env={"REDIS_URL": REDIS_URL, "RETRIER_REDIS_PREFIX": prefix}, cwd=tmp_path
+    )
+
+    assert result.returncode == 0
+    assert "paused since" in result.stdout
+    assert store.get_hash(store.keys.pause) == {}
+
+
+def test_replay_dry_run_lists_nothing_when_empty(prefix: str, tmp_path: Path) -> None:
+    env = {"REDIS_URL": REDIS_URL, "RETRIER_REDIS_PREFIX": prefix}
+    result = run("replay", "--dry-run", "--since", "2h", env=env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("would replay 0 message(s) given up between")
+
+
+def test_replay_bad_since_one_line(prefix: str, tmp_path: Path) -> None:
+    env = {"REDIS_URL": REDIS_URL, "RETRIER_REDIS_PREFIX": prefix}
+    result = run("replay", "--since", "yesterday-ish", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "expected a duration ago such as 2h" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_json_is_json(prefix: str, tmp_path: Path) -> None:
+    import json
+
+    result = run(
+        "status",
+        "--json",
+        env={"REDIS_URL": REDIS_URL, "RETRIER_REDIS_PREFIX": prefix},
+        cwd=tmp_path,
+    )
+    status = json.loads(result.stdout)
+    assert status["pause"] is None
+    assert status["unclassified"] == []

@@ -22,7 +22,7 @@ from retrier.poller import Poller, broker_enqueue
 from retrier.rules import RuleSet
 from retrier.simulator import OctopodsSimulator, ResendHook
 from retrier.store import Store
-from tests.conftest import API_KEY, HOOK_SECRET, REDIS_URL, flush_sentry
+from tests.conftest import API_KEY, HOOK_SECRET, REDIS_URL, flush_sentry, wait_for
 from tests.servers import HTTPServer, Response, SentryServer
 
 PHONE = "+15550001111"
@@ -62,15 +62,6 @@ class Pipeline:
             for request in self.hook.requests
             if request.json()["message_id"] == message_id
         ]
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def state_of(store: Store, message_id: int) -> str:

@@ -18,7 +18,7 @@ from retrier.actors import Job, enqueue_resend
 from retrier.broker import build_broker
 from retrier.keys import Keys
 from retrier.store import Store
-from tests.conftest import HOOK_SECRET, REDIS_URL, capture_process_output
+from tests.conftest import HOOK_SECRET, REDIS_URL, capture_process_output, wait_for
 from tests.servers import HTTPServer, Response
 
 pytestmark = pytest.mark.slow
@@ -62,15 +62,6 @@ def make_job(store: Store, message_id: int) -> Job:
         backoff_initial_s=0.1,
         backoff_max_s=0.5,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

@@ -1,0 +1,280 @@
+"""What the poller does with each failed message it has claimed.
+
+The checks run in this order. A failure older than its maximum age is skipped.
+A ``permanent`` rule alerts. A ``pause`` rule stops every resend of the account
+(with one fatal alert for the first such failure) and queues the message, which
+goes out after ``retrier resume``. A resend chain that has used its attempts is
+given up. The rest are queued for the resend actor with their rule's policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+
+from retrier import alerts
+from retrier.actors import Job
+from retrier.flood import AlertBudget
+from retrier.octopods import SentMessage
+from retrier.rules import Classification
+from retrier.store import Claim, Outcome, Store
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[Job, float], None]
+
+
+@dataclass
+class CycleReport:
+    """Counts of one poll cycle; ``skipped`` includes too-old and malformed items."""
+
+    seen: int = 0
+    failed: int = 0
+    queued: int = 0
+    permanent: int = 0
+    paused: int = 0
+    gave_up: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    unclassified: int = 0
+    waited_until: float = 0.0  # the shared backoff that stopped this cycle, if any
+    error: str = ""
+    planned: list[str] = field(default_factory=list)  # dry-run lines
+
+    def fields(self) -> dict[str, int | str]:
+        return {
+            "seen": self.seen,
+            "failed": self.failed,
+            "queued": self.queued,
+            "permanent": self.permanent,
+            "paused": self.paused,
+            "gave_up": self.gave_up,
+            "skipped": self.skipped,
+            "duplicates": self.duplicates,
+            "unclassified": self.unclassified,
+        }
+
+
+def normalize_reason(text: str) -> str:
+    """Return the form of a failure reason under which unclassified reasons are counted.
+
+    Case and spacing are folded, and long digit runs (ids, phone numbers) become
+    ``#``, so that one reason seen with different ids counts as one.
+    """
+    folded = " ".join(text.casefold().split())
+    folded = re.sub(r"\+?\d[\d\s-]{5,}\d", "#", folded)
+    return folded[:200] or "(empty)"
+
+
+def build_job(message: SentMessage, decision: Classification, claim: Claim) -> Job:
+    """Return the resend job for a claimed message under its rule's policy."""
+    policy = decision.policy
+    return Job(
+        message_id=message.message_id,
+        root=claim.root,
+        token=claim.token,
+        phone_number=message.phone_number,
+        sent_at=message.sent_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        failure_reason=message.failure_reason,
+        rule=decision.rule,
+        max_attempts=policy.max_attempts,
+        backoff_initial_s=policy.backoff_initial_s,
+        backoff_max_s=policy.backoff_max_s,
+    )
+
+
+class Triage:
+    """Acts on claimed failures; see the module docstring.
+
+    Args:
+        store: the shared Redis state.
+        enqueue: puts a resend job on the queue with a delay in seconds.
+        max_message_age_s: the age limit of rules that set no ``max_age``.
+        budget: the per-rule hourly alert limit, or None for no limit.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        enqueue: Enqueue,
+        *,
+        max_message_age_s: float,
+        budget: AlertBudget | None = None,
+    ) -> None:
+        self.store = store
+        self.enqueue = enqueue
+        self.max_message_age_s = max_message_age_s
+        self.budget = budget
+
+    def age_limit(self, decision: Classification) -> float:
+        return decision.policy.max_age_s or self.max_message_age_s
+
+    def act(
+        self,
+        message: SentMessage,
+        decision: Classification,
+        claim: Claim,
+        report: CycleReport,
+        now: float,
+    ) -> Outcome | None:
+        """Decide and do what a claimed failure needs; return its outcome to record.
+
+        Returns None when the message could not be enqueued: its claim then
+        expires and a later cycle takes it up.
+        """
+        fields: dict[str, str | int | float] = {
+            "rule": decision.rule,
+            "action": decision.action,
+            "reason": message.failure_reason[:300],
+            "sent_at": message.sent_at.isoformat(),
+        }
+        if claim.root != message.message_id:
+            fields["root"] = claim.root
+        unclassified = None if decision.matched else normalize_reason(message.failure_reason)
+        counters: tuple[str, ...] = ("unclassified",) if unclassified else ()
+        report.unclassified += 1 if unclassified else 0
+        ids = {
+            "message_id": message.message_id,
+            "rule": decision.rule,
+            "action": decision.action,
+            "attempt": claim.attempts_used + 1,
+        }
+
+        age_s = now - message.sent_at.timestamp()
+        if age_s > self.age_limit(decision):
+            report.skipped += 1
+            logger.info(
+                "skipped old failure",
+                extra={**ids, "age_s": round(age_s), "max_age_s": self.age_limit(decision)},
+            )
+            return Outcome(
+                message.message_id, "expired", fields, ("expired", *counters), unclassified
+            )
+
+        if decision.action == "permanent":
+            report.permanent += 1
+            logger.warning(
+                "permanent failure", extra={**ids, "reason": message.failure_reason[:200]}
+            )
+            if decision.policy.alert:
+                self._alert(message, decision)
+            return Outcome(
+                message.message_id, "permanent", fields, ("permanent", *counters), unclassified
+            )
+
+        if decision.action == "pause":
+            report.paused += 1
+            self._pause(message, decision, now)
+
+        if claim.attempts_used >= decision.policy.max_attempts:
+            return self._give_up(message, decision, claim, report, fields, counters, unclassified)
+
+        job = build_job(message, decision, claim)
+        try:
+            self.enqueue(job, decision.policy.delay_s)
+        except Exception as error:  # the broker's errors are not one tree: redis, pika, …
+            logger.error(
+                "enqueue failed; the claim expires and a later cycle retries",
+                extra={**ids, "error": str(error)},
+            )
+            return None
+
+        report.queued += 1
+        logger.info("resend queued", extra={**ids, "delay_s": decision.policy.delay_s})
+        if decision.action == "retry" and decision.policy.alert:
+            self._alert(message, decision)
+        return Outcome(message.message_id, "queued", fields, ("queued", *counters), unclassified)
+
+    def _give_up(
+        self,
+        message: SentMessage,
+        decision: Classification,
+        claim: Claim,
+        report: CycleReport,
+        fields: dict[str, str | int | float],
+        counters: tuple[str, ...],
+        unclassified: str | None,
+    ) -> Outcome:
+        report.gave_up += 1
+        cause = f"the resend chain of {claim.root} used its {claim.attempts_used} attempts"
+        logger.warning(
+            "resend given up",
+            extra={
+                "message_id": message.message_id,
+                "rule": decision.rule,
+                "attempt": claim.attempts_used,
+                "delay_s": 0,
+                "cause": cause,
+            },
+        )
+        if self._within_budget("gave-up", decision.rule):
+            alerts.alert_gave_up(
+                message_id=message.message_id,
+                rule=decision.rule,
+                attempt=claim.attempts_used,
+                cause=cause,
+                phone_number=message.phone_number,
+            )
+        job = json.dumps(build_job(message, decision, claim).to_dict())
+        return Outcome(
+            message.message_id,
+            "gave_up",
+            {**fields, "cause": cause, "job": job},
+            ("gave_up", *counters),
+            unclassified,
+        )
+
+    def _pause(self, message: SentMessage, decision: Classification, now: float) -> None:
+        first = self.store.pause(
+            {
+                "rule": decision.rule,
+                "message_id": message.message_id,
+                "reason": message.failure_reason[:300],
+                "since": repr(now),
+            }
+        )
+        if first:
+            logger.critical(
+                "resends paused: account-level failure",
+                extra={
+                    "message_id": message.message_id,
+                    "rule": decision.rule,
+                    "reason": message.failure_reason[:200],
+                    "fix": "retrier resume",
+                },
+            )
+            alerts.alert_paused(
+                rule=decision.rule, message_id=message.message_id, reason=message.failure_reason
+            )
+
+    def _alert(self, message: SentMessage, decision: Classification) -> None:
+        if not self._within_budget(decision.action, decision.rule):
+            return
+        alerts.alert_failure(
+            message_id=message.message_id,
+            rule=decision.rule,
+            action=decision.action,
+            reason=message.failure_reason,
+            phone_number=message.phone_number,
+        )
+
+    def _within_budget(self, kind: str, rule: str) -> bool:
+        return self.budget is None or self.budget.allow(kind, rule)
+
+    def plan(
+        self, message: SentMessage, decision: Classification, handled: bool, now: float
+    ) -> str:
+        """Return, for a dry run, what :meth:`act` would do with the message."""
+        if handled:
+            return "already handled"
+        if now - message.sent_at.timestamp() > self.age_limit(decision):
+            return "would skip: older than the maximum age"
+        if decision.action == "permanent":
+            return "would alert" if decision.policy.alert else "would record as permanent"
+        if decision.action == "pause":
+            return "would pause all resends and hold this one"
+        return f"would resend after {decision.policy.delay_s:g}s"
