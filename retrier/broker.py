@@ -12,11 +12,13 @@ the heartbeat timing out.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from retrier.errors import StoreError
 from retrier.keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,26 @@ def connect_redis(url: str, *, tls_insecure: bool = False, **options: Any) -> re
     if url.startswith("rediss://") and tls_insecure:
         settings["ssl_cert_reqs"] = "none"
     return redis.Redis.from_url(url, **settings)
+
+
+def check_redis(client: redis.Redis, *, attempts: int = 3, wait_s: float = 2.0) -> None:
+    """Ping Redis, trying ``attempts`` times; raise StoreError naming the fix if it never answers.
+
+    Used at start-up, where an unreachable Redis is most often a wrong REDIS_URL.
+    Once running, both processes ride out Redis outages instead.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            client.ping()
+            return
+        except redis.RedisError as error:
+            if attempt == attempts:
+                raise StoreError(f"cannot reach Redis: {str(error).rstrip('.')}") from error
+            logger.warning(
+                "redis unreachable at start-up, trying again",
+                extra={"attempt": attempt, "error": str(error)},
+            )
+            time.sleep(wait_s)
 
 
 def build_broker(url: str, prefix: str, *, tls_insecure: bool = False) -> RedisBroker:

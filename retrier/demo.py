@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 #: Rule durations are divided by this in the demo.
 SPEED_UP = 1000.0
 
+#: Longest run the demo accepts, in seconds.
+MAX_DURATION_S = 600.0
+
 
 class FastRules:
     """Classifies with a rule set, with every delay and backoff divided by ``SPEED_UP``."""
@@ -68,7 +71,11 @@ class FastRules:
 def run_demo(*, duration_s: float = 12.0, quiet: bool = False) -> int:
     """Run the demo for ``duration_s`` seconds, print the summary, and return 0."""
     settings = load_settings()
-    configure_logging("WARNING" if quiet else "INFO", stream=sys.stderr)
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise ConfigError(
+            f"got --duration {duration_s!r}, expected seconds above 0 and at most {MAX_DURATION_S:g}"
+        )
+    configure_logging("ERROR" if quiet else "INFO", stream=sys.stderr)
     rules_path = settings.rules_path
     if not rules_path.exists():
         raise ConfigError(
@@ -83,6 +90,11 @@ def run_demo(*, duration_s: float = 12.0, quiet: bool = False) -> int:
             summary = _run(redis_url, prefix, rules, duration_s)
         finally:
             _delete_keys(redis_url, prefix)
+    if redis_url != settings.redis_url:
+        print(
+            f"nothing answered at REDIS_URL={redactor.text(settings.redis_url)}, so the demo ran on "
+            f"a private redis-server at {redis_url}, now stopped"
+        )
     print(summary.render(redis_url=redis_url, prefix=prefix, duration_s=duration_s))
     return 0
 

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from retrier import __version__
+from retrier import __version__, httpcall
 from retrier.backoff import parse_retry_at
 from retrier.errors import HookRateLimited, HookRejected, HookUnavailable
 from retrier.parsing import positive_int
@@ -146,7 +146,14 @@ class HookClient:
         """
         body, headers = self.build(request, now=time.time())
         try:
-            response = self._client().post(self.url, content=body, headers=headers)
+            reply = httpcall.send(
+                self._client(),
+                "POST",
+                self.url,
+                content=body,
+                headers=headers,
+                deadline_s=self.timeout_s,
+            )
         except httpx.TimeoutException as error:
             raise HookUnavailable(
                 f"hook timed out after {self.timeout_s:g}s ({type(error).__name__})"
@@ -156,28 +163,23 @@ class HookClient:
                 f"cannot reach the hook: {type(error).__name__}: {error}"
             ) from error
 
-        status = response.status_code
+        status = reply.status
         if 200 <= status < 300:
-            return HookAnswer(status, new_message_id=_new_message_id(response))
+            return HookAnswer(status, new_message_id=_new_message_id(reply))
         if status == 409:
             return HookAnswer(status, already_resent=True)
         if status == 429:
-            retry_at = parse_retry_at(response.headers, _json_or_none(response), now=time.time())
+            retry_at = parse_retry_at(reply.headers, reply.json(), now=time.time())
             raise HookRateLimited("hook answered 429", retry_at=retry_at)
         if status == 408 or status >= 500:
             raise HookUnavailable(f"hook answered {status}", status=status)
-        raise HookRejected(f"hook answered {status}: {_snippet(response)}", status=status)
+        raise HookRejected(
+            f"hook answered {status}: {reply.text() or '(empty body)'}", status=status
+        )
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _new_message_id(response: httpx.Response) -> int | None:
-    body = _json_or_none(response)
+def _new_message_id(reply: httpcall.Reply) -> int | None:
+    body = reply.json()
     if not isinstance(body, Mapping):
         return None
     raw = body.get("message_id")
@@ -187,8 +189,3 @@ def _new_message_id(response: httpx.Response) -> int | None:
     if raw is not None:
         logger.warning("hook answer has an unusable message_id", extra={"value": repr(raw)[:40]})
     return None
-
-
-def _snippet(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:200] if text else "(empty body)"

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from retrier import __version__
+from retrier import __version__, httpcall
 from retrier.backoff import parse_retry_at
 from retrier.errors import (
     OctopodsKeyRejected,
@@ -100,6 +100,7 @@ class OctopodsClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         redactor.add_secrets([api_key])
+        self.timeout_s = timeout_s
         self._client = httpx.Client(
             base_url=base_url,
             headers={
@@ -125,35 +126,39 @@ class OctopodsClient:
         """
         limit = max(1, min(limit, MAX_LIMIT))
         try:
-            response = self._client.get(_ENDPOINT, params={"limit": limit})
+            reply = httpcall.send(
+                self._client, "GET", _ENDPOINT, params={"limit": limit}, deadline_s=self.timeout_s
+            )
         except httpx.TimeoutException as error:
-            raise OctopodsUnavailable(f"Octopods timed out: {type(error).__name__}") from error
+            raise OctopodsUnavailable(
+                f"Octopods timed out after {self.timeout_s:g}s: {error}"
+            ) from error
+        except httpcall.BodyTooLarge as error:
+            raise OctopodsUnavailable(f"Octopods sent a {error}") from error
         except httpx.HTTPError as error:
             raise OctopodsUnavailable(f"cannot reach Octopods: {error}") from error
 
-        body = _json_or_none(response)
-        if response.status_code == 200:
+        body = reply.json()
+        if reply.status == 200 and body is None:
+            raise OctopodsUnavailable(
+                f"Octopods answered 200 with a body that is not JSON (content type {reply.content_type}): "
+                f"{reply.text(80)!r}"
+            )
+        if reply.status == 200:
             return parse_page(body)
-        if _is_no_messages_yet(response.status_code, body):
+        if _is_no_messages_yet(reply.status, body):
             logger.info("octopods answered 400 without error_code: no messages sent yet")
             return Page([])
-        raise _error_for(response, body)
+        raise _error_for(reply, body)
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _error_for(response: httpx.Response, body: Any) -> Exception:
-    status = response.status_code
+def _error_for(reply: httpcall.Reply, body: Any) -> Exception:
+    status = reply.status
     error_code = body.get("error_code") if isinstance(body, Mapping) else None
     detail = _error_text(body)
 
     if status == 429:
-        retry_at = parse_retry_at(response.headers, body, now=time.time())
+        retry_at = parse_retry_at(reply.headers, body, now=time.time())
         return OctopodsRateLimited(f"Octopods rate limit hit (429){detail}", retry_at=retry_at)
     if (status == 400 and error_code == DEPRECATED_KEY_ERROR_CODE) or status in (401, 403):
         return OctopodsKeyRejected(

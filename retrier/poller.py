@@ -144,6 +144,7 @@ class Poller:
 
         messages = self._list(report)
         if messages is None:
+            self._record_failed_poll(report, now)
             return report
 
         try:
@@ -259,8 +260,23 @@ class Poller:
         first_seen = self.store.record(outcomes, now=now)
         self._alert_new_reasons(first_seen, outcomes)
         self.store.set_last_poll(
-            {"at": repr(now), **report.fields()}, poller=self.poller_id, ttl_s=3 * self.interval_s
+            {"at": repr(now), "error": "", **report.fields()},
+            poller=self.poller_id,
+            ttl_s=3 * self.interval_s,
         )
+
+    def _record_failed_poll(self, report: CycleReport, now: float) -> None:
+        # So that `status` tells a failing poller from one that never ran.
+        if self.dry_run:
+            return
+        try:
+            self.store.set_last_poll(
+                {"at": repr(now), "error": report.error[:300], **report.fields()},
+                poller=self.poller_id,
+                ttl_s=3 * self.interval_s,
+            )
+        except StoreError as error:
+            logger.warning("poll not recorded: redis unavailable", extra={"error": str(error)})
 
     def _alert_new_reasons(self, reasons: list[str], outcomes: list[Outcome]) -> None:
         for reason in reasons:
@@ -284,7 +300,7 @@ class Poller:
             handled = [False] * len(decisions)
         for (message, decision), done in zip(decisions, handled, strict=True):
             verdict = self.triage.plan(message, decision, done, now)
-            report.unclassified += 0 if decision.matched else 1
+            report.unclassified += 0 if decision.matched or done else 1
             line = f"{message.message_id}: {decision.rule} ({decision.action}) {verdict}"
             report.planned.append(line)
             logger.info(

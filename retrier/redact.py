@@ -9,10 +9,16 @@ from typing import Any
 #: Replacement for a secret wherever it appears.
 FILTERED = "[Filtered]"
 
-# An international number, possibly with spaces, dashes, dots or brackets
-# between digit groups ("+15557654321", "+1 (555) 765-4321"), or a bare run of
-# 11 to 15 digits, the length of an E.164 number written without its "+".
-_PHONE_PATTERN = re.compile(r"\+\s?\d(?:[\s().-]{0,2}\d){6,16}|(?<![\w.])\d{11,15}(?![\w.])")
+# Three shapes of phone number: an international one, possibly with spaces,
+# dashes, dots or brackets between digit groups ("+15557654321",
+# "+1 (555) 765-4321"); a bare run of 11 to 15 digits, the length of an E.164
+# number written without its "+" (a full stop may end the sentence after it);
+# and a North American local one ("555-765-4321", "555.765.4321").
+_PHONE_PATTERN = re.compile(
+    r"\+\s?\d(?:[\s().-]{0,2}\d){6,16}"
+    r"|(?<![\w.])\d{11,15}(?!\w|\.\d)"
+    r"|(?<![\w.-])\(?\d{3}\)?[\s.-]\d{3}[.-]\d{4}(?![\w-]|\.\d)"
+)
 
 
 def mask_phone(phone: str | None) -> str:

@@ -133,13 +133,23 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
+#: Longest duration the file accepts. Dramatiq's Redis broker cannot delay a
+#: message by 7 days or more, and a resend that late would be stale anyway.
+MAX_DURATION_S = 6 * 86400
+
+
 def _duration(value: Any) -> float:
     if not isinstance(value, str):
         raise invalid(f"got {describe_value(value)}, expected {DURATION_HINT}")
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise invalid(str(exc)) from None
+    if seconds > MAX_DURATION_S:
+        raise invalid(
+            f"got {value!r}, expected at most 6d: the queue cannot delay a resend by 7 days or more"
+        )
+    return seconds
 
 
 def _check_regex(pattern: str) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sentry_sdk.utils import BadDsn, Dsn
 
 from retrier.errors import ConfigError
 from retrier.redact import mask_secret, redactor
@@ -30,16 +31,16 @@ SECRET_VARIABLES = frozenset({"OCTOPODS_API_KEY", "RESEND_HOOK_SECRET", "SENTRY_
 #: What each variable expects, for error messages.
 EXPECTED = {
     "OCTOPODS_API_KEY": "the WhatsApp Business API key from the Octopods app",
-    "OCTOPODS_BASE_URL": "an http(s) origin such as https://app.octopods.io",
-    "REDIS_URL": "a redis:// or rediss:// URL such as redis://localhost:6379/0",
+    "OCTOPODS_BASE_URL": "an http(s) origin without a path, such as https://app.octopods.io",
+    "REDIS_URL": "a redis://, rediss:// or unix:// URL such as redis://localhost:6379/0",
     "REDIS_TLS_INSECURE": "true or false",
     "RESEND_HOOK_URL": "the http(s) URL of your resend endpoint",
     "RESEND_HOOK_SECRET": "a Standard Webhooks secret of the form whsec_<base64>",
     "RESEND_HOOK_TIMEOUT": "seconds, a number from 0.1 to 25",
     "RETRIER_RULES_PATH": "the path of the rules file, such as config/rules.yaml",
-    "RETRIER_POLL_INTERVAL": "seconds, a number of at least 1",
-    "RETRIER_MAX_MESSAGE_AGE": "seconds, a number greater than 0",
-    "RETRIER_DEDUP_TTL": "seconds, a whole number of at least 3600",
+    "RETRIER_POLL_INTERVAL": "seconds, a number from 1 to 3600",
+    "RETRIER_MAX_MESSAGE_AGE": "seconds, a number above 0 and at most 2592000 (30 days)",
+    "RETRIER_DEDUP_TTL": "seconds, a whole number from 3600 to 7776000 (90 days)",
     "RETRIER_REDIS_PREFIX": "letters, digits, '-', '_' or ':', such as retrier",
     "RETRIER_DRY_RUN": "true or false",
     "SENTRY_DSN": "a Sentry DSN such as https://<key>@o0.ingest.sentry.io/<project>",
@@ -93,15 +94,22 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RETRIER_RULES_PATH", "rules_path"),
     )
     poll_interval_s: float = Field(
-        60.0, ge=1, validation_alias=AliasChoices("RETRIER_POLL_INTERVAL", "poll_interval_s")
+        60.0,
+        ge=1,
+        le=3600,
+        validation_alias=AliasChoices("RETRIER_POLL_INTERVAL", "poll_interval_s"),
     )
     max_message_age_s: float = Field(
         86400.0,
         gt=0,
+        le=30 * 86400,
         validation_alias=AliasChoices("RETRIER_MAX_MESSAGE_AGE", "max_message_age_s"),
     )
     dedup_ttl_s: int = Field(
-        604800, ge=3600, validation_alias=AliasChoices("RETRIER_DEDUP_TTL", "dedup_ttl_s")
+        604800,
+        ge=3600,
+        le=90 * 86400,
+        validation_alias=AliasChoices("RETRIER_DEDUP_TTL", "dedup_ttl_s"),
     )
     redis_prefix: str = Field(
         "retrier",
@@ -139,6 +147,25 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) URL")
         return value.rstrip("/") if parts.path in ("", "/") else value
+
+    @field_validator("octopods_base_url")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        if urlsplit(value).path not in ("", "/"):
+            # The client adds /api/v1/whatsapp/messages itself.
+            raise ValueError("has a path")
+        return value
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            Dsn(value.get_secret_value())
+        except BadDsn as error:
+            raise ValueError(f"not a valid DSN ({error})") from None
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -73,7 +73,10 @@ def render_status(status: dict[str, Any]) -> str:
     )
     last = status["last_poll"]
     if last:
-        result = ", ".join(f"{name}={last[name]}" for name in sorted(last) if name != "at")
+        counts = ", ".join(
+            f"{name}={last[name]}" for name in sorted(last) if name not in ("at", "error")
+        )
+        result = f"FAILED: {last['error']}" if last.get("error") else counts
         rows.append(
             ("last poll", f"{iso(float(last['at']))} ({ago(now, float(last['at']))}): {result}")
         )

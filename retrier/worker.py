@@ -16,7 +16,7 @@ import threading
 import dramatiq
 
 from retrier.actors import Resender, declare_resend_actor
-from retrier.broker import build_broker, connect_redis
+from retrier.broker import build_broker, check_redis, connect_redis
 from retrier.flood import AlertBudget
 from retrier.hook import HookClient
 from retrier.settings import Settings
@@ -36,14 +36,12 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
     settings.require("RESEND_HOOK_URL")
     assert settings.resend_hook_url is not None
 
+    client = connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure)
+    check_redis(client)
     broker = build_broker(
         settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
     )
-    store = Store(
-        connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure),
-        settings.redis_prefix,
-        dedup_ttl_s=settings.dedup_ttl_s,
-    )
+    store = Store(client, settings.redis_prefix, dedup_ttl_s=settings.dedup_ttl_s)
     secret = settings.resend_hook_secret.get_secret_value() if settings.resend_hook_secret else None
     hook = HookClient(
         settings.resend_hook_url, secret=secret, timeout_s=settings.resend_hook_timeout_s
@@ -59,6 +57,15 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
 
     logger.info("worker stopping: finishing in-flight resends")
     worker.stop(timeout=SHUTDOWN_TIMEOUT_MS)
+    in_flight = sum(thread.is_alive() for thread in worker.workers)
+    if in_flight:
+        logger.warning(
+            "worker stopped with resends still in flight",
+            extra={
+                "threads": in_flight,
+                "fix": "none needed: their messages return to the queue once the broker heartbeat times out",
+            },
+        )
     hook.close()
     broker.close()
     logger.info("worker stopped")

@@ -191,6 +191,8 @@ def _line(node: Any, part: Any, *, is_key: bool) -> int | None:
         position = node.lc.key(part) if is_key else node.lc.item(part)
     except (AttributeError, KeyError, IndexError, TypeError):
         return None
+    if not position:  # tagged nodes and flow-style merges carry no position
+        return None
     return int(position[0]) + 1
 
 

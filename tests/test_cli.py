@@ -306,3 +306,18 @@ def test_status_json_is_json(prefix: str, tmp_path: Path) -> None:
     status = json.loads(result.stdout)
     assert status["pause"] is None
     assert status["unclassified"] == []
+
+
+@pytest.mark.parametrize("duration", ["0", "-1", "nan", "100000"])
+def test_demo_rejects_bad_duration(duration: str) -> None:
+    result = run("demo", "--duration", duration, "--quiet", env={"REDIS_URL": REDIS_URL})
+    assert result.returncode == 2
+    assert "expected seconds above 0" in result.stderr
+
+
+def test_worker_unreachable_redis_one_line(tmp_path: Path) -> None:
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "RESEND_HOOK_URL": "http://127.0.0.1:9/hook"}
+    result = run("worker", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("retrier: cannot reach Redis")
+    assert "Traceback" not in result.stderr

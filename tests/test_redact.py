@@ -158,3 +158,21 @@ def test_redact_data_copy() -> None:
     Redactor().data(original)
 
     assert original == {"phone_number": "+15557654321"}
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("(#131026) to 15551234567.", "(#131026) to 1555***4567."),
+        ("call 555-123-4567 now", "call 5551***4567 now"),
+        ("call (555) 123-4567", "call 5551***4567"),
+        ("+1 (555) 765-4321", "+1555***4321"),
+    ],
+)
+def test_phone_shapes_in_text_masked(text: str, masked: str) -> None:
+    assert Redactor().text(text) == masked
+
+
+@pytest.mark.parametrize("text", ["date 2026-04-24", "message 3851827", "at 1796415611.742"])
+def test_dates_ids_and_times_kept(text: str) -> None:
+    assert Redactor().text(text) == text

@@ -1251,3 +1251,28 @@ def test_load_rules_merge_key(tmp_path: Path) -> None:
     )
 
     assert load_rules(path).rules[1].policy.max_attempts == 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 1\nrules: !custom [x]\n",
+        'version: 1\nrules: !!python/object/apply:os.system ["echo unsafe"]\n',
+        "version: 1\nrules:\n- {<<: {name: a}}\n",
+    ],
+)
+def test_tags_and_flow_merges_reported_by_line(text: str, tmp_path: Path) -> None:
+    """YAML tags and merge keys in flow style are reported with a line, not a crash."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    errors = check_rules(path)
+    assert errors
+    assert all(error.line is not None for error in errors)
+
+
+def test_duration_over_six_days_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("version: 1\ndefaults:\n  delay: 30d\nrules: []\n")
+    errors = check_rules(path)
+    assert [error.line for error in errors] == [3]
+    assert "at most 6d" in errors[0].message
