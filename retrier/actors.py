@@ -32,7 +32,7 @@ from retrier.backoff import exponential_delay
 from retrier.errors import HookRateLimited, HookRejected, HookUnavailable, StoreError
 from retrier.flood import AlertBudget
 from retrier.hook import HookAnswer, HookClient, ResendRequest
-from retrier.store import AttemptStart, Store
+from retrier.store import STALL_GRACE_S, AttemptStart, Store
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ class Resender:
         store: the shared Redis state.
         hook: the resend hook client.
         budget: the per-rule hourly alert limit, or None for no limit.
+        recipient_limit: resends allowed to one phone number per UTC day, so that
+            a hook that keeps failing its sends cannot start a resend storm; 0
+            for no limit.
         clock: returns the Unix time; tests may pass their own.
     """
 
@@ -121,11 +124,13 @@ class Resender:
         hook: HookClient,
         *,
         budget: AlertBudget | None = None,
+        recipient_limit: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.hook = hook
         self.budget = budget
+        self.recipient_limit = recipient_limit
         self.clock = clock
 
     def __call__(self, raw_job: Mapping[str, Any]) -> None:
@@ -159,6 +164,8 @@ class Resender:
             # The lock outlives the longest call, so a redelivery cannot overlap it.
             inflight_ttl_s=self.hook.timeout_s + 30,
             now=now,
+            phone_number=job.phone_number,
+            recipient_limit=self.recipient_limit,
         )
 
         if start.status in ("paused", "backoff", "busy"):
@@ -173,6 +180,10 @@ class Resender:
             self._give_up(
                 job, attempt=start.attempt, cause="attempts used up across the resend chain"
             )
+            return
+        if start.status == "recipient":
+            cause = f"the number's daily limit of {self.recipient_limit} resends is used up"
+            self._give_up(job, attempt=start.attempt, cause=cause)
             return
 
         self._call_hook(job, start.attempt)
@@ -260,6 +271,8 @@ class Resender:
             },
             now=now,
             refund=True,
+            stall_deadline=until + STALL_GRACE_S,
+            phone_number=job.phone_number,
         )
         wait_s = max(until - now, 0.0) + _WAKE_MARGIN_S
         logger.warning(
@@ -294,6 +307,7 @@ class Resender:
                 _history_field(attempt): _history(now, error.status, str(error)),
             },
             now=now,
+            stall_deadline=now + delay_s + STALL_GRACE_S,
         )
         logger.info(
             "resend retry scheduled",

@@ -203,6 +203,25 @@ def alert_suppressed(*, hour_start: str, counts: Mapping[str, int]) -> None:
     )
 
 
+def alert_coverage_gap(*, after_id: int, before_id: int, interval_s: float) -> None:
+    """Alert that a full page did not reach back to the last message seen.
+
+    Sends between the two ids may have failed unseen: the API lists only the
+    newest 100 and has no paging.
+    """
+    send_alert(
+        "Coverage gap: failed sends may have been missed",
+        fingerprint=["retrier", "coverage-gap"],
+        level="warning",
+        extra={
+            "after_message_id": after_id,
+            "before_message_id": before_id,
+            "poll_interval_s": interval_s,
+            "fix": "poll more often (RETRIER_POLL_INTERVAL) or send fewer messages per interval",
+        },
+    )
+
+
 def check_in(*, slug: str, ok: bool, interval_s: float) -> None:
     """Check the poller in to a Sentry Crons interval monitor (created on first use).
 

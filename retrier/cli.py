@@ -22,6 +22,7 @@ from retrier.broker import build_broker, check_redis, connect_redis
 from retrier.durations import parse_duration
 from retrier.errors import ConfigError, RulesError, StoreError
 from retrier.flood import AlertBudget
+from retrier.lease import PollerLease
 from retrier.logs import configure_logging
 from retrier.octopods import OctopodsClient
 from retrier.poller import Poller, broker_enqueue
@@ -100,6 +101,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         api_key=api_key,
         budget=AlertBudget(store.client, settings.redis_prefix, limit=settings.alert_limit),
         monitor_slug=settings.monitor_slug,
+        min_interval_s=min(settings.min_poll_interval_s, settings.poll_interval_s),
     )
     logger.info(
         "rules loaded",
@@ -116,6 +118,12 @@ def cmd_poll(args: argparse.Namespace) -> int:
             for line in report.planned:
                 print(line)
             return 1 if report.error else 0
+        poller.lease = PollerLease(
+            store.client,
+            settings.redis_prefix,
+            holder=poller.poller_id,
+            lease_s=settings.poller_lease_s,
+        )
         stop = threading.Event()
         install_stop_signals(stop)
         # The loop runs in a thread of its own, so that a cycle stuck on a slow

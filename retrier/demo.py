@@ -36,7 +36,7 @@ from retrier.logs import configure_logging
 from retrier.octopods import OctopodsClient
 from retrier.poller import Poller, broker_enqueue
 from retrier.redact import redactor
-from retrier.rules import Classification, Reason, RuleSet
+from retrier.rules import Classification, Policy, Reason, RuleSet
 from retrier.rulesfile import load_rules
 from retrier.settings import load_settings
 from retrier.simulator import OctopodsSimulator, ResendHook, recent
@@ -59,13 +59,18 @@ class FastRules:
 
     def classify(self, reason: Reason) -> Classification:
         decision = self.rules.classify(reason)
-        policy = dataclasses.replace(
-            decision.policy,
-            delay_s=decision.policy.delay_s / SPEED_UP,
-            backoff_initial_s=decision.policy.backoff_initial_s / SPEED_UP,
-            backoff_max_s=decision.policy.backoff_max_s / SPEED_UP,
+        return dataclasses.replace(decision, policy=self._faster(decision.policy))
+
+    def policy_for(self, name: str) -> Policy:
+        return self._faster(self.rules.policy_for(name))
+
+    def _faster(self, policy: Policy) -> Policy:
+        return dataclasses.replace(
+            policy,
+            delay_s=policy.delay_s / SPEED_UP,
+            backoff_initial_s=policy.backoff_initial_s / SPEED_UP,
+            backoff_max_s=policy.backoff_max_s / SPEED_UP,
         )
-        return dataclasses.replace(decision, policy=policy)
 
 
 def run_demo(*, duration_s: float = 12.0, quiet: bool = False) -> int:

@@ -39,9 +39,11 @@ from retrier.errors import (
     StoreError,
 )
 from retrier.flood import AlertBudget
-from retrier.octopods import OctopodsClient, SentMessage
-from retrier.rules import Classification, Reason
+from retrier.lease import PollerLease
+from retrier.octopods import MAX_LIMIT, OctopodsClient, SentMessage
+from retrier.rules import Classification, Policy, Reason
 from retrier.store import Outcome, Store
+from retrier.sweeper import sweep
 from retrier.triage import CycleReport, Enqueue, Triage, normalize_reason
 
 __all__ = ["Classifier", "CycleReport", "Poller", "broker_enqueue", "normalize_reason"]
@@ -57,6 +59,8 @@ class Classifier(Protocol):
     """Anything that classifies failure reasons: a RuleSet, or a wrapper of one."""
 
     def classify(self, reason: Reason) -> Classification: ...
+
+    def policy_for(self, name: str) -> Policy: ...
 
 
 def broker_enqueue(broker: dramatiq.Broker) -> Enqueue:
@@ -82,6 +86,10 @@ class Poller:
         api_key: used only to tell one rejected key from the next in alerts.
         budget: the per-rule hourly alert limit, or None for no limit.
         monitor_slug: the Sentry Crons monitor each cycle checks in to, or None.
+        lease: the lease that makes this poller the only active one, or None to
+            poll regardless.
+        min_interval_s: the shortest interval the poller falls to while pages
+            do not reach back to the last message seen (coverage gaps).
         clock: returns the Unix time.
     """
 
@@ -97,6 +105,8 @@ class Poller:
         api_key: str = "",
         budget: AlertBudget | None = None,
         monitor_slug: str | None = None,
+        lease: PollerLease | None = None,
+        min_interval_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -106,9 +116,12 @@ class Poller:
         self.dry_run = dry_run
         self.budget = budget
         self.monitor_slug = monitor_slug
+        self.lease = lease
+        self.min_interval_s = min_interval_s
         self.clock = clock
         self.poller_id = f"{os.environ.get('DYNO') or socket.gethostname()}:{os.getpid()}"
         self.interval_s = 60.0
+        self.current_interval_s = self.interval_s
         self._key_alert = "key-rejected:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
         self._key_rejected_cycles = 0
         self._rate_limited_cycles = 0
@@ -178,6 +191,7 @@ class Poller:
             logger.info("octopods accepts the API key again")
             self._forget_key_alert()
         report.seen = len(page.messages)
+        report.listed = len(page.messages) + page.invalid
         report.skipped += page.invalid
         return page.messages
 
@@ -245,11 +259,24 @@ class Poller:
             self._plan(decisions, report, now)
             return
 
-        claims = self.store.claim(
-            [(message.message_id, uuid.uuid4().hex) for message in failed], now=now
+        ids = [message.message_id for message in messages]
+        page = self.store.sync_page(
+            [(message.message_id, uuid.uuid4().hex) for message in failed],
+            settled=[
+                message.message_id
+                for message in messages
+                if message.status in ("delivered", "read")
+            ],
+            newest=max(ids) if ids else None,
+            now=now,
         )
+        self._check_coverage(report, page.previous_watermark, min(ids) if ids else None)
+        for message_id in page.cancelled:
+            report.cancelled += 1
+            logger.info("resend cancelled: listed as delivered", extra={"message_id": message_id})
+
         outcomes = []
-        for (message, decision), claim in zip(decisions, claims, strict=True):
+        for (message, decision), claim in zip(decisions, page.claims, strict=True):
             if not claim.claimed:
                 report.duplicates += 1
                 continue
@@ -264,6 +291,41 @@ class Poller:
             poller=self.poller_id,
             ttl_s=3 * self.interval_s,
         )
+
+    def _check_coverage(
+        self, report: CycleReport, watermark: int | None, oldest: int | None
+    ) -> None:
+        """Detect a full page that does not reach back to the newest message seen before.
+
+        Message ids grow with time, so the sends between the watermark and the
+        page's oldest id may have failed unseen. The poll interval halves on
+        each gap, down to ``min_interval_s``, and returns to normal once pages
+        overlap again.
+        """
+        full = report.listed >= MAX_LIMIT
+        if not full or watermark is None or oldest is None or oldest <= watermark:
+            if self.current_interval_s != self.interval_s:
+                logger.info(
+                    "coverage restored: pages overlap again", extra={"interval_s": self.interval_s}
+                )
+            self.current_interval_s = self.interval_s
+            return
+
+        report.gap = True
+        self.current_interval_s = max(self.min_interval_s, self.current_interval_s / 2)
+        logger.warning(
+            "coverage gap: sends may have been missed",
+            extra={
+                "after_id": watermark,
+                "before_id": oldest,
+                "interval_s": self.current_interval_s,
+            },
+        )
+        self.store.count({"coverage_gaps": 1}, now=self.clock())
+        if self.budget is None or self.budget.allow("coverage-gap", "listing"):
+            alerts.alert_coverage_gap(
+                after_id=watermark, before_id=oldest, interval_s=self.current_interval_s
+            )
 
     def _record_failed_poll(self, report: CycleReport, now: float) -> None:
         # So that `status` tells a failing poller from one that never ran.
@@ -318,29 +380,53 @@ class Poller:
     def run_forever(self, stop: threading.Event, *, interval_s: float) -> None:
         """Run cycles every ``interval_s`` until ``stop`` is set.
 
-        A cycle in progress finishes first. No cycle starts before a shared
-        backoff passes. An unexpected error is logged and sent to Sentry, and
-        the loop goes on. Each cycle checks in to the Sentry Crons monitor.
+        With a lease, only the poller holding it polls: the others stand by and
+        take over when it expires. A cycle in progress finishes first. No cycle
+        starts before a shared backoff passes. After each cycle the sweeper
+        requeues stalled resends. An unexpected error is logged and sent to
+        Sentry, and the loop goes on. Each cycle checks in to the Sentry Crons
+        monitor.
         """
-        self.interval_s = interval_s
+        self.interval_s = self.current_interval_s = interval_s
         logger.info(
             "poller started",
             extra={"interval_s": interval_s, "dry_run": self.dry_run, "poller": self.poller_id},
         )
-        while not stop.is_set():
-            started = self.clock()
-            try:
-                report = self.run_cycle()
-                self._report_suppressed_alerts()
-            except Exception as error:
-                logger.exception("poll cycle failed unexpectedly")
-                alerts.capture_unexpected(error)
-                report = CycleReport(error=f"{type(error).__name__}: {error}")
-            if self.monitor_slug and not self.dry_run:
-                alerts.check_in(slug=self.monitor_slug, ok=not report.error, interval_s=interval_s)
-            next_at = max(started + interval_s, report.waited_until)
-            stop.wait(max(next_at - self.clock(), 0.0))
+        try:
+            while not stop.is_set():
+                if self.lease is not None and not self.lease.held and not self.lease.try_hold():
+                    stop.wait(self.lease.retry_s)
+                    continue
+                started = self.clock()
+                report = self._cycle_and_sweep()
+                if self.monitor_slug and not self.dry_run:
+                    alerts.check_in(
+                        slug=self.monitor_slug, ok=not report.error, interval_s=interval_s
+                    )
+                next_at = max(started + self.current_interval_s, report.waited_until)
+                stop.wait(max(next_at - self.clock(), 0.0))
+        finally:
+            if self.lease is not None:
+                self.lease.release()
         logger.info("poller stopped")
+
+    def _cycle_and_sweep(self) -> CycleReport:
+        try:
+            report = self.run_cycle()
+            if not self.dry_run and not report.error:
+                sweep(self.store, self._policy_for, self.triage.enqueue, now=self.clock())
+            self._report_suppressed_alerts()
+        except StoreError as error:
+            logger.warning("sweep skipped: redis unavailable", extra={"error": str(error)})
+            report = CycleReport(error=str(error))
+        except Exception as error:
+            logger.exception("poll cycle failed unexpectedly")
+            alerts.capture_unexpected(error)
+            report = CycleReport(error=f"{type(error).__name__}: {error}")
+        return report
+
+    def _policy_for(self, name: str) -> Policy:
+        return self.rules().policy_for(name)
 
     def _report_suppressed_alerts(self) -> None:
         if self.budget is None or self.dry_run:

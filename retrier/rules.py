@@ -176,6 +176,17 @@ class RuleSet:
                 return rule
         return None
 
+    def policy_for(self, name: str) -> Policy:
+        """Return the policy of the rule called ``name``, or the defaults' when there is none.
+
+        A rule removed by a later edit of the file gets the defaults' policy.
+        """
+        if name != DEFAULT_RULE:
+            rule = self.rule_named(name)
+            if rule is not None:
+                return rule.policy
+        return self.default_policy
+
     def classify(self, reason: Reason) -> Classification:
         """Classify ``reason`` by the first rule that matches it, or by the defaults.
 

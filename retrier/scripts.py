@@ -6,37 +6,65 @@ Cluster, which retrier does not support; a single Redis (or a primary with
 replicas) is what Heroku and most hosts provide.
 """
 
-# Claim each message id that has no record yet. ARGV: prefix, claim_ttl_s, now,
-# then (message_id, token) pairs. Returns, per pair, {claimed (0/1), root id or
-# "", attempts used by the root's chain}.
-CLAIM = """
-local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out = {}
-for i = 4, #ARGV, 2 do
+# Take one page into account. ARGV: prefix, claim_ttl_s, now, newest id on the
+# page ("" if none), hour counter key, number of pairs, then (message_id,
+# token) pairs, then the ids the page lists as delivered or read. Claims each
+# pair's id that has no record yet; cancels the pending resend of each
+# delivered id; moves the watermark (newest id seen) forward. Returns {rows,
+# cancelled ids, previous watermark}, a row per pair being {claimed (0/1),
+# root id or "", attempts used by the root's chain}.
+SYNC_PAGE = """
+local prefix, ttl, now, newest = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local counts, npairs = ARGV[5], tonumber(ARGV[6])
+local rows = {}
+local last = 6 + 2 * npairs
+for i = 7, last, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local key = prefix .. ':msg:' .. id
   if redis.call('exists', key) == 1 then
-    table.insert(out, {0, '', 0})
+    table.insert(rows, {0, '', 0})
   else
     local root = redis.call('get', prefix .. ':resend:' .. id) or id
     redis.call('hset', key, 'state', 'claimed', 'token', token, 'root', root,
                'seen_at', now, 'updated_at', now)
     redis.call('expire', key, ttl)
     local used = redis.call('hget', prefix .. ':msg:' .. root, 'attempts') or 0
-    table.insert(out, {1, root, tonumber(used)})
+    table.insert(rows, {1, root, tonumber(used)})
   end
 end
-return out
+local cancelled = {}
+for i = last + 1, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. ':msg:' .. id
+  local state = redis.call('hget', key, 'state')
+  if state == 'queued' or state == 'retrying' then
+    redis.call('hset', key, 'state', 'cancelled', 'updated_at', now,
+               'cause', 'listed as delivered before its resend ran')
+    redis.call('zrem', prefix .. ':pending', id)
+    redis.call('hincrby', counts, 'cancelled', 1)
+    redis.call('expire', counts, 172800)
+    table.insert(cancelled, id)
+  end
+end
+local watermark = prefix .. ':watermark'
+local previous = redis.call('get', watermark) or ''
+if newest ~= '' and (previous == '' or tonumber(newest) > tonumber(previous)) then
+  redis.call('set', watermark, newest)
+end
+return {rows, cancelled, previous}
 """
 
 # Start a hook call. ARGV: prefix, id, token, root, max_attempts, now,
-# inflight_ttl_ms, dedup_ttl_s. Returns {status, value, next attempt}: stale
-# (state), done (state), paused, backoff (until), busy (ms left), exhausted
-# (attempts used) or proceed (this attempt's number).
+# inflight_ttl_ms, dedup_ttl_s, stall deadline (Unix s), recipient key ("" for
+# none), recipient limit. Returns {status, value, next attempt}: stale (state),
+# done (state), paused, backoff (until), busy (ms left), exhausted (attempts
+# used), recipient (resends to the number today) or proceed (this attempt's
+# number).
 BEGIN_ATTEMPT = """
 local prefix, id, token, root = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, now = tonumber(ARGV[5]), ARGV[6]
 local inflight_ttl, dedup_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+local deadline, recipient, recipient_limit = ARGV[9], ARGV[10], tonumber(ARGV[11])
 local key = prefix .. ':msg:' .. id
 local state, held = unpack(redis.call('hmget', key, 'state', 'token'))
 if state and held ~= token then return {'stale', state, 0} end
@@ -53,31 +81,49 @@ local lock = prefix .. ':inflight:' .. id
 local left = redis.call('pttl', lock)
 if left > 0 then return {'busy', tostring(left), used + 1} end
 if used >= max_attempts then return {'exhausted', tostring(used), used} end
+if recipient ~= '' then
+  local sent = redis.call('incr', recipient)
+  redis.call('expire', recipient, 2 * 86400)
+  if sent > recipient_limit then
+    redis.call('decr', recipient)
+    return {'recipient', tostring(sent - 1), used + 1}
+  end
+end
 redis.call('hincrby', root_key, 'attempts', 1)
 redis.call('expire', root_key, dedup_ttl)
 redis.call('set', lock, token, 'PX', inflight_ttl)
 if not state then redis.call('hset', key, 'token', token, 'root', root, 'seen_at', now) end
 redis.call('hset', key, 'state', 'sending', 'updated_at', now)
 redis.call('expire', key, dedup_ttl)
+redis.call('zadd', prefix .. ':pending', deadline, id)
 return {'proceed', tostring(used + 1), used + 1}
 """
 
 # End a hook call. ARGV: prefix, id, root, refund (1 = the attempt was not used),
-# dedup_ttl_s, hour key, counter name, state, now, then field/value pairs for
-# the record. A message given up joins the index that replay reads.
+# dedup_ttl_s, hour key, counter name, state, now, stall deadline ("" once the
+# message needs nothing more), recipient key ("" for none), then field/value
+# pairs for the record. A message given up joins the index that replay reads.
 FINISH_ATTEMPT = """
 local prefix, id, root, refund = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local dedup_ttl, counts, counter = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local state, now = ARGV[8], ARGV[9]
+local state, now, deadline, recipient = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local key = prefix .. ':msg:' .. id
-if refund == '1' then redis.call('hincrby', prefix .. ':msg:' .. root, 'attempts', -1) end
+if refund == '1' then
+  redis.call('hincrby', prefix .. ':msg:' .. root, 'attempts', -1)
+  if recipient ~= '' then redis.call('decr', recipient) end
+end
 redis.call('hset', key, 'state', state, 'updated_at', now)
-if #ARGV > 9 then redis.call('hset', key, unpack(ARGV, 10)) end
+if #ARGV > 11 then redis.call('hset', key, unpack(ARGV, 12)) end
 redis.call('expire', key, dedup_ttl)
 redis.call('del', prefix .. ':inflight:' .. id)
 if counter ~= '' then
   redis.call('hincrby', counts, counter, 1)
   redis.call('expire', counts, 172800)
+end
+if deadline == '' then
+  redis.call('zrem', prefix .. ':pending', id)
+else
+  redis.call('zadd', prefix .. ':pending', deadline, id)
 end
 if state == 'gave_up' then
   local index = prefix .. ':gaveup'
@@ -109,10 +155,10 @@ return 1
 """
 
 # Put one given-up message back in the queue, once. ARGV: prefix, id, token,
-# now. Returns the stored job (JSON) when the message was given up and is now
+# now, stall deadline. Returns the stored job (JSON) when the message was given up and is now
 # queued again with a fresh attempt budget, or false.
 REPLAY = """
-local prefix, id, token, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, id, token, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local key = prefix .. ':msg:' .. id
 local state, job, root = unpack(redis.call('hmget', key, 'state', 'job', 'root'))
 if state ~= 'gave_up' or not job then return false end
@@ -120,6 +166,7 @@ redis.call('hset', key, 'state', 'queued', 'token', token, 'updated_at', now)
 redis.call('hincrby', key, 'replays', 1)
 redis.call('hset', prefix .. ':msg:' .. (root or id), 'attempts', 0)
 redis.call('zrem', prefix .. ':gaveup', id)
+redis.call('zadd', prefix .. ':pending', deadline, id)
 return job
 """
 
@@ -134,4 +181,38 @@ if sent > tonumber(ARGV[2]) then
   return 0
 end
 return 1
+"""
+
+# Give a stalled message a new job, unless it moved meanwhile. ARGV: prefix,
+# id, the updated_at the sweeper read, new token, now, stall deadline. Returns
+# 1 when the record now carries the new token.
+REQUEUE_STALLED = """
+local prefix, id, seen, token, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local key = prefix .. ':msg:' .. id
+local state, updated = unpack(redis.call('hmget', key, 'state', 'updated_at'))
+if updated ~= seen then return 0 end
+if state ~= 'queued' and state ~= 'retrying' and state ~= 'sending' then
+  redis.call('zrem', prefix .. ':pending', id)
+  return 0
+end
+if redis.call('exists', prefix .. ':inflight:' .. id) == 1 then return 0 end
+redis.call('hset', key, 'state', 'queued', 'token', token, 'updated_at', now)
+redis.call('hincrby', key, 'swept', 1)
+redis.call('zadd', prefix .. ':pending', deadline, id)
+return 1
+"""
+
+# Hold the poller lease, or renew it. KEYS: lease key. ARGV: holder id, lease
+# in ms. Returns 1 when the caller holds the lease afterwards.
+LEASE = """
+local holder = redis.call('get', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Give the poller lease up if the caller holds it. KEYS: lease key. ARGV: holder id.
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
 """

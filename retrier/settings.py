@@ -47,6 +47,9 @@ EXPECTED = {
     "SENTRY_ENVIRONMENT": "a name such as production",
     "SENTRY_MONITOR_SLUG": "a Sentry Crons monitor slug: lower-case letters, digits and '-'",
     "RETRIER_ALERT_LIMIT": "a whole number of alerts per rule per hour, at least 1",
+    "RETRIER_POLLER_LEASE": "seconds, a number from 3 to 600",
+    "RETRIER_MIN_POLL_INTERVAL": "seconds, a number from 1 to 3600",
+    "RETRIER_RECIPIENT_DAILY_LIMIT": "a whole number of resends per phone number per day; 0 for no limit",
     "LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
 }
 
@@ -130,6 +133,23 @@ class Settings(BaseSettings):
     )
     alert_limit: int = Field(
         20, ge=1, validation_alias=AliasChoices("RETRIER_ALERT_LIMIT", "alert_limit")
+    )
+    #: Seconds the poller lease lasts: a standby takes over this long after the
+    #: active poller dies.
+    poller_lease_s: float = Field(
+        30.0, ge=3, le=600, validation_alias=AliasChoices("RETRIER_POLLER_LEASE", "poller_lease_s")
+    )
+    min_poll_interval_s: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        validation_alias=AliasChoices("RETRIER_MIN_POLL_INTERVAL", "min_poll_interval_s"),
+    )
+    recipient_daily_limit: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        validation_alias=AliasChoices("RETRIER_RECIPIENT_DAILY_LIMIT", "recipient_daily_limit"),
     )
     log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
 

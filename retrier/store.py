@@ -22,6 +22,7 @@ enqueued twice after such a crash is still resent once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +53,11 @@ State = Literal[
 #: How many distinct unclassified reasons are kept; the rarest go first.
 MAX_UNCLASSIFIED = 500
 
+#: Seconds past its expected progress after which a pending message counts as
+#: stalled and the sweeper gives it a new job. Generous, because a worker
+#: backlog also delays progress, and a sweep of a live job only replaces it.
+STALL_GRACE_S = 900
+
 #: Seconds a claim lives before the message can be claimed again; long enough
 #: for a poller to enqueue a full page, short enough to retake it soon after a crash.
 DEFAULT_CLAIM_TTL_S = 120
@@ -79,11 +85,14 @@ class AttemptStart:
     ``paused`` (an account-level failure holds every resend), ``backoff`` (wait
     until ``until``), ``busy`` (another call for the message is in flight; wait
     ``until``), ``stale`` (another job owns the message), ``done`` (already
-    finished) or ``exhausted`` (no attempts left; ``attempt`` is the number
-    used). While waiting, ``attempt`` is the number the next call will have.
+    finished), ``exhausted`` (no attempts left; ``attempt`` is the number
+    used) or ``recipient`` (the number's daily resend budget is used up;
+    ``attempt`` is the resends made to it today). While waiting, ``attempt`` is the number the next call will have.
     """
 
-    status: Literal["proceed", "paused", "backoff", "busy", "stale", "done", "exhausted"]
+    status: Literal[
+        "proceed", "paused", "backoff", "busy", "stale", "done", "exhausted", "recipient"
+    ]
     attempt: int = 0
     until: float = 0.0
     state: str = ""
@@ -112,7 +121,8 @@ class Store:
         self.keys = Keys(prefix)
         self.dedup_ttl_s = dedup_ttl_s
         self.claim_ttl_s = claim_ttl_s
-        self._claim = client.register_script(scripts.CLAIM)
+        self._sync = client.register_script(scripts.SYNC_PAGE)
+        self._requeue_stalled = client.register_script(scripts.REQUEUE_STALLED)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._finish = client.register_script(scripts.FINISH_ATTEMPT)
         self._defer = client.register_script(scripts.DEFER)
@@ -147,25 +157,48 @@ class Store:
         A message already claimed or recorded, by this or any other process, comes
         back with ``claimed=False``.
         """
-        if not pairs:
-            return []
-        args: list[Any] = [self.keys.prefix, self.claim_ttl_s, repr(now)]
+        return self.sync_page(pairs, settled=(), newest=None, now=now).claims
+
+    def sync_page(
+        self,
+        pairs: Sequence[tuple[int, str]],
+        *,
+        settled: Sequence[int],
+        newest: int | None,
+        now: float,
+    ) -> PageSync:
+        """Take one listed page into account, in one round trip.
+
+        Claims each failed ``(message_id, token)`` as :meth:`claim` does, cancels
+        the pending resend of each ``settled`` id (listed as delivered or read),
+        and moves the watermark to ``newest`` when that is later.
+        """
+        args: list[Any] = [
+            self.keys.prefix,
+            self.claim_ttl_s,
+            repr(now),
+            "" if newest is None else newest,
+            self.keys.counts(int(now // 3600)),
+            len(pairs),
+        ]
         for message_id, token in pairs:
             args.extend((message_id, token))
+        args.extend(settled)
         with _translate("claiming messages"):
-            rows = self._claim(args=args)
-        claims = []
-        for (message_id, token), (claimed, root, used) in zip(pairs, rows, strict=True):
-            claims.append(
-                Claim(
-                    message_id=message_id,
-                    token=token,
-                    claimed=bool(claimed),
-                    root=int(root) if root else message_id,
-                    attempts_used=int(used),
-                )
+            rows, cancelled, previous = self._sync(args=args)
+
+        claims = [
+            Claim(
+                message_id=message_id,
+                token=token,
+                claimed=bool(claimed),
+                root=int(root) if root else message_id,
+                attempts_used=int(used),
             )
-        return claims
+            for (message_id, token), (claimed, root, used) in zip(pairs, rows, strict=True)
+        ]
+        watermark = int(_text(previous)) if previous else None
+        return PageSync(claims, [int(_text(value)) for value in cancelled], watermark)
 
     def record(self, outcomes: Sequence[Outcome], *, now: float) -> list[str]:
         """Write the outcome of each claimed message and count it, in one round trip.
@@ -188,6 +221,8 @@ class Store:
             }
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self.dedup_ttl_s)
+            if outcome.stall_deadline is not None:
+                pipe.zadd(self.keys.pending, {str(outcome.message_id): outcome.stall_deadline})
             for counter in outcome.counters:
                 pipe.hincrby(counts, counter, 1)
             if outcome.unclassified_reason is not None:
@@ -233,12 +268,16 @@ class Store:
         max_attempts: int,
         inflight_ttl_s: float,
         now: float,
+        phone_number: str | None = None,
+        recipient_limit: int = 0,
     ) -> AttemptStart:
         """Decide atomically whether this job may call the hook now, and if so take an attempt.
 
         See :class:`AttemptStart` for the answers. On ``proceed`` the chain's
         attempt counter is incremented and an in-flight lock is held for
         ``inflight_ttl_s`` so that no duplicate delivery calls the hook at once.
+        With a ``recipient_limit``, a call to ``phone_number`` beyond that many
+        resends in the UTC day is refused (status ``recipient``).
         """
         args: list[Any] = [
             self.keys.prefix,
@@ -249,6 +288,9 @@ class Store:
             repr(now),
             int(inflight_ttl_s * 1000),
             self.dedup_ttl_s,
+            repr(now + inflight_ttl_s + STALL_GRACE_S),
+            self.recipient_key(phone_number, now=now) if recipient_limit else "",
+            recipient_limit,
         ]
         with _translate("starting a hook attempt"):
             raw_status, raw_value, next_attempt = self._begin(args=args)
@@ -258,7 +300,7 @@ class Store:
             return AttemptStart("backoff", attempt=int(next_attempt), until=float(value))
         if status == "busy":
             return AttemptStart("busy", attempt=int(next_attempt), until=now + int(value) / 1000)
-        if status in ("proceed", "exhausted"):
+        if status in ("proceed", "exhausted", "recipient"):
             return AttemptStart(cast(Any, status), attempt=int(value))
         return AttemptStart(cast(Any, status), attempt=int(next_attempt), state=value)
 
@@ -272,11 +314,16 @@ class Store:
         fields: Mapping[str, str | int | float],
         now: float,
         refund: bool = False,
+        stall_deadline: float | None = None,
+        phone_number: str | None = None,
     ) -> None:
         """Record the end of a hook call and release its in-flight lock.
 
-        ``refund`` gives the attempt back to the chain (a rate-limit wait does not
-        use an attempt). ``counter`` (may be empty) is added to this hour's counts.
+        ``refund`` gives the attempt back to the chain, and the resend back to
+        ``phone_number``'s daily budget (a rate-limit wait uses neither).
+        ``counter`` (may be empty) is added to this hour's counts. A message that
+        still awaits a resend passes the time by which it must progress,
+        ``stall_deadline``, for the sweeper.
         """
         args: list[Any] = [
             self.keys.prefix,
@@ -288,11 +335,49 @@ class Store:
             counter,
             state,
             repr(now),
+            "" if stall_deadline is None else repr(stall_deadline),
+            self.recipient_key(phone_number, now=now) if refund and phone_number else "",
         ]
         for name, value in fields.items():
             args.extend((name, value))
         with _translate("finishing a hook attempt"):
             self._finish(args=args)
+
+    def recipient_key(self, phone_number: str | None, *, now: float) -> str:
+        """Return the key counting today's resends to ``phone_number`` ("" for no number).
+
+        The number is hashed, so that no phone number appears in a key name.
+        """
+        if not phone_number:
+            return ""
+        digits = "".join(char for char in phone_number if char.isdigit())
+        digest = hashlib.sha256(digits.encode()).hexdigest()[:16]
+        return self.keys.recipient(digest, int(now // 86400))
+
+    def stalled(self, *, now: float, limit: int = 100) -> list[int]:
+        """Return ids of messages whose resend should have progressed by ``now``."""
+        with _translate("reading stalled messages"):
+            raw = self.client.zrangebyscore(self.keys.pending, 0, now, start=0, num=limit)
+        return [int(_text(value)) for value in raw]
+
+    def requeue_stalled(
+        self, message_id: int, *, seen_updated_at: str, token: str, now: float
+    ) -> bool:
+        """Give a stalled message a new claim token, unless it changed since it was read.
+
+        Returns True when the record now carries ``token``: the caller then
+        enqueues a job with it, and any older job of the message is stale.
+        """
+        args: list[Any] = [
+            self.keys.prefix,
+            message_id,
+            seen_updated_at,
+            token,
+            repr(now),
+            repr(now + STALL_GRACE_S),
+        ]
+        with _translate("requeueing a stalled message"):
+            return bool(self._requeue_stalled(args=args))
 
     def link_resend(self, new_message_id: int, *, root: int) -> None:
         """Record that ``new_message_id`` is a resend in the chain of ``root``.
@@ -396,7 +481,9 @@ class Store:
         The chain's attempt count starts again from zero.
         """
         with _translate("replaying a message"):
-            job = self._replay(args=[self.keys.prefix, message_id, token, repr(now)])
+            job = self._replay(
+                args=[self.keys.prefix, message_id, token, repr(now), repr(now + STALL_GRACE_S)]
+            )
         return _text(job) if job else None
 
     def count_given_up(self) -> int:
@@ -435,13 +522,27 @@ class Store:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the poller decided for one claimed message, for :meth:`Store.record`."""
+    """What the poller decided for one claimed message, for :meth:`Store.record`.
+
+    ``stall_deadline`` (Unix time) is set for a message queued for a resend:
+    the sweeper requeues it if it has not progressed by then.
+    """
 
     message_id: int
     state: State
     fields: Mapping[str, str | int | float]
     counters: tuple[str, ...] = ()
     unclassified_reason: str | None = None
+    stall_deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class PageSync:
+    """What :meth:`Store.sync_page` did: the claims, the cancelled resends, the old watermark."""
+
+    claims: list[Claim]
+    cancelled: list[int]
+    previous_watermark: int | None
 
 
 def _text(value: Any) -> str:

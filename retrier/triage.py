@@ -21,7 +21,7 @@ from retrier.actors import Job
 from retrier.flood import AlertBudget
 from retrier.octopods import SentMessage
 from retrier.rules import Classification
-from retrier.store import Claim, Outcome, Store
+from retrier.store import STALL_GRACE_S, Claim, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class CycleReport:
     skipped: int = 0
     duplicates: int = 0
     unclassified: int = 0
+    cancelled: int = 0
+    listed: int = 0  # items on the page, valid or not
+    gap: bool = False  # the page did not reach back to the newest message seen before
     waited_until: float = 0.0  # the shared backoff that stopped this cycle, if any
     error: str = ""
     planned: list[str] = field(default_factory=list)  # dry-run lines
@@ -56,6 +59,8 @@ class CycleReport:
             "skipped": self.skipped,
             "duplicates": self.duplicates,
             "unclassified": self.unclassified,
+            "cancelled": self.cancelled,
+            "gap": int(self.gap),
         }
 
 
@@ -131,6 +136,8 @@ class Triage:
             "action": decision.action,
             "reason": message.failure_reason[:300],
             "sent_at": message.sent_at.isoformat(),
+            # Kept so that the sweeper can rebuild the job; `show` never prints it.
+            "phone": message.phone_number or "",
         }
         if claim.root != message.message_id:
             fields["root"] = claim.root
@@ -187,7 +194,15 @@ class Triage:
         logger.info("resend queued", extra={**ids, "delay_s": decision.policy.delay_s})
         if decision.action == "retry" and decision.policy.alert:
             self._alert(message, decision)
-        return Outcome(message.message_id, "queued", fields, ("queued", *counters), unclassified)
+        stall_deadline = now + decision.policy.delay_s + STALL_GRACE_S
+        return Outcome(
+            message.message_id,
+            "queued",
+            fields,
+            ("queued", *counters),
+            unclassified,
+            stall_deadline,
+        )
 
     def _give_up(
         self,

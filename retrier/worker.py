@@ -47,7 +47,8 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
         settings.resend_hook_url, secret=secret, timeout_s=settings.resend_hook_timeout_s
     )
     budget = AlertBudget(store.client, settings.redis_prefix, limit=settings.alert_limit)
-    declare_resend_actor(broker, Resender(store, hook, budget=budget))
+    resender = Resender(store, hook, budget=budget, recipient_limit=settings.recipient_daily_limit)
+    declare_resend_actor(broker, resender)
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS)
     worker.start()
