@@ -173,6 +173,21 @@ class OctopodsSimulator:
         phone = original["phone_number"] if original else None
         return self.send(status="delivered", phone_number=phone)
 
+    def set_status(
+        self, message_id: int, status: str, reason: str | dict[str, Any] | None = None
+    ) -> None:
+        """Change a send's status, as Octopods does when a delivery report arrives late."""
+        with self._lock:
+            for item in self._messages:
+                if item["message_id"] == message_id:
+                    item["status"] = status
+                    if status == "failed":
+                        item["failure_reason"] = reason if reason is not None else ""
+                    else:
+                        item.pop("failure_reason", None)
+                    return
+        raise KeyError(f"no send with message_id {message_id}")
+
     def sent_messages(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(item) for item in self._messages]

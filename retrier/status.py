@@ -39,6 +39,7 @@ def gather_status(store: Store, *, now: float) -> dict[str, Any]:
         "pause": store.get_hash(keys.pause) or None,
         "last_poll": store.get_hash(keys.last_poll) or None,
         "active_poller": store.get_hash(keys.poller) or None,
+        "lease_holder": store.lease_holder(),
         "rules": store.get_hash(keys.rules) or None,
         "last_hour": store.counts(hours=1, now=now),
         "last_day": store.counts(hours=24, now=now),
@@ -83,9 +84,13 @@ def render_status(status: dict[str, Any]) -> str:
     else:
         rows.append(("last poll", "never"))
     poller = status["active_poller"]
-    rows.append(
-        ("active poller", f"{poller['id']}" if poller else "none seen in the last 3 intervals")
-    )
+    holder = status["lease_holder"]
+    if holder:
+        rows.append(("active poller", f"{holder} (holds the lease)"))
+    elif poller:
+        rows.append(("active poller", f"{poller['id']} (no lease)"))
+    else:
+        rows.append(("active poller", "none seen in the last 3 intervals"))
 
     rules = status["rules"]
     if rules:

@@ -486,6 +486,12 @@ class Store:
             )
         return _text(job) if job else None
 
+    def lease_holder(self) -> str | None:
+        """Return the id of the poller holding the poller lease, or None."""
+        with _translate("reading the poller lease"):
+            raw = self.client.get(self.keys.lease)
+        return _text(raw) if raw is not None else None
+
     def count_given_up(self) -> int:
         """Return how many given-up messages replay can take."""
         with _translate("counting given-up messages"):
