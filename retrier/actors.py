@@ -92,17 +92,21 @@ class Job:
             raise ValueError(f"job has an invalid field: {error}") from None
 
 
-def enqueue_resend(broker: dramatiq.Broker, job: Job, *, delay_s: float = 0.0) -> None:
-    """Put ``job`` on the resend queue, to run no earlier than ``delay_s`` from now."""
-    broker.declare_queue(QUEUE_NAME)
-    message: dramatiq.Message[Any] = dramatiq.Message(
+def resend_message(job: Job) -> dramatiq.Message[Any]:
+    """Return the Dramatiq message that runs the resend actor for ``job``."""
+    return dramatiq.Message(
         queue_name=QUEUE_NAME,
         actor_name=ACTOR_NAME,
         args=(job.to_dict(),),
         kwargs={},
         options={},
     )
-    broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
+
+
+def enqueue_resend(broker: dramatiq.Broker, job: Job, *, delay_s: float = 0.0) -> None:
+    """Put ``job`` on the resend queue, to run no earlier than ``delay_s`` from now."""
+    broker.declare_queue(QUEUE_NAME)
+    broker.enqueue(resend_message(job), delay=int(delay_s * 1000) if delay_s > 0 else None)
 
 
 class Resender:
@@ -224,15 +228,15 @@ class Resender:
         except HookUnavailable as error:
             self._retry_later(job, attempt, error)
         except HookRejected as error:
-            self._give_up(job, attempt=attempt, cause=str(error), last_status=error.status)
+            self._give_up(
+                job, attempt=attempt, cause=str(error), answer=error.status, called_hook=True
+            )
         else:
             self._record_resent(job, attempt, answer)
 
     def _record_resent(self, job: Job, attempt: int, answer: HookAnswer) -> None:
         now = self.clock()
         fields: dict[str, str | int | float] = {
-            "last_status": answer.status,
-            "attempt": attempt,
             _history_field(attempt): _history(
                 now, answer.status, "already resent" if answer.already_resent else ""
             ),
@@ -266,7 +270,6 @@ class Resender:
             state="queued",
             counter="rate_limited",
             fields={
-                "last_status": 429,
                 _history_field(attempt): _history(now, 429, "rate limited; attempt not used"),
             },
             now=now,
@@ -288,7 +291,9 @@ class Resender:
 
     def _retry_later(self, job: Job, attempt: int, error: HookUnavailable) -> None:
         if attempt >= job.max_attempts:
-            self._give_up(job, attempt=attempt, cause=str(error), last_status=error.status)
+            self._give_up(
+                job, attempt=attempt, cause=str(error), answer=error.status, called_hook=True
+            )
             return
 
         delay_s = exponential_delay(
@@ -301,9 +306,7 @@ class Resender:
             state="retrying",
             counter="hook_retries",
             fields={
-                "last_error": str(error)[:200],
-                "attempt": attempt,
-                "next_at": round(now + delay_s, 3),
+                "next_at": int(now + delay_s),
                 _history_field(attempt): _history(now, error.status, str(error)),
             },
             now=now,
@@ -321,18 +324,22 @@ class Resender:
         raise Retry(delay=int(delay_s * 1000))
 
     def _give_up(
-        self, job: Job, *, attempt: int, cause: str, last_status: int | None = None
+        self,
+        job: Job,
+        *,
+        attempt: int,
+        cause: str,
+        answer: int | None = None,
+        called_hook: bool = False,
     ) -> None:
         now = self.clock()
         fields: dict[str, str | int | float] = {
             "cause": cause[:200],
-            "attempt": attempt,
             # Kept so that `retrier replay` can queue the message again.
             "job": json.dumps(job.to_dict()),
         }
-        if last_status is not None:
-            fields["last_status"] = last_status
-            fields[_history_field(attempt)] = _history(now, last_status, cause)
+        if called_hook:
+            fields[_history_field(attempt)] = _history(now, answer, cause)
         self.store.finish_attempt(
             job.message_id,
             root=job.root,
@@ -361,7 +368,8 @@ def _history_field(attempt: int) -> str:
 
 
 def _history(now: float, status: int | None, detail: str) -> str:
-    return f"{now:.3f}|{status if status is not None else '-'}|{detail[:120]}"
+    """Return one attempt's entry: "<Unix time>|<HTTP status or ->|<detail>"."""
+    return f"{int(now)}|{status if status is not None else '-'}|{detail[:120]}"
 
 
 def _ids(job: Job) -> dict[str, Any]:

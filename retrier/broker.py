@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
 
+from retrier.actors import QUEUE_NAME, Job, resend_message
 from retrier.errors import StoreError
 from retrier.keys import Keys
 
@@ -82,3 +85,46 @@ def build_broker(url: str, prefix: str, *, tls_insecure: bool = False) -> RedisB
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )
+
+
+class RedisStager:
+    """Puts resend jobs on a Redis pipeline, as ``RedisBroker.enqueue`` would send each.
+
+    The poller stages a cycle's jobs on the pipeline that also writes their
+    records, so that a page of 100 failures costs one round trip, not 100.
+    This repeats the steps of ``RedisBroker.enqueue`` and its dispatch script
+    call (Dramatiq 2.x): a fresh ``redis_message_id``, the delay queue and
+    ``eta`` for a delay, and the ``enqueue`` middleware hooks. Queue
+    maintenance is never requested here; workers run it.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.broker.declare_queue(QUEUE_NAME)
+
+    def stage(self, pipe: redis.client.Pipeline, job: Job, delay_s: float) -> None:
+        broker = self.broker
+        message = resend_message(job).copy(options={"redis_message_id": str(uuid.uuid4())})
+        delay_ms = int(delay_s * 1000) if delay_s > 0 else None
+        queue_name = message.queue_name
+        if delay_ms is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(
+                queue_name=queue_name, options={"eta": current_millis() + delay_ms}
+            )
+
+        broker.emit_before("enqueue", message, delay_ms)
+        args = [
+            "enqueue",
+            current_millis(),
+            queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            0,  # no maintenance from the poller
+            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+            message.options["redis_message_id"],
+            message.encode(),
+        ]
+        broker.scripts["dispatch"](args=args, keys=[broker.namespace], client=pipe)
+        broker.emit_after("enqueue", message, delay_ms)

@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from retrier import __version__, alerts
 from retrier.actors import PAUSE_RECHECK_S
-from retrier.broker import build_broker, check_redis, connect_redis
+from retrier.broker import RedisStager, build_broker, check_redis, connect_redis
 from retrier.durations import parse_duration
 from retrier.errors import ConfigError, RulesError, StoreError
 from retrier.flood import AlertBudget
@@ -101,6 +101,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         api_key=api_key,
         budget=AlertBudget(store.client, settings.redis_prefix, limit=settings.alert_limit),
         monitor_slug=settings.monitor_slug,
+        stager=RedisStager(broker),
         min_interval_s=min(settings.min_poll_interval_s, settings.poll_interval_s),
     )
     logger.info(

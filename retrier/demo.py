@@ -29,7 +29,7 @@ import redis
 from dramatiq.errors import QueueJoinTimeout
 
 from retrier.actors import QUEUE_NAME, Resender, declare_resend_actor
-from retrier.broker import build_broker, connect_redis
+from retrier.broker import RedisStager, build_broker, connect_redis
 from retrier.errors import ConfigError
 from retrier.hook import HookClient
 from retrier.logs import configure_logging
@@ -173,6 +173,7 @@ def _run(redis_url: str, prefix: str, rules: RuleSet, duration_s: float) -> Summ
         broker_enqueue(broker),
         max_message_age_s=86400,
         api_key=api_key,
+        stager=RedisStager(broker),
     )
 
     stop = threading.Event()
@@ -212,7 +213,9 @@ def _outcomes(store: Store) -> Counter[tuple[str, str, str]]:
     for key in store.client.scan_iter(match=f"{store.keys.prefix}:msg:*", count=500):
         record = store.client.hgetall(key)
         fields = {_text(name): _text(value) for name, value in record.items()}
-        rows[(fields.get("rule", "?"), fields.get("action", "?"), fields.get("state", "?"))] += 1
+        rows[
+            (fields.get("rule", "?"), fields.get("action", "retry"), fields.get("state", "?"))
+        ] += 1
     return rows
 
 

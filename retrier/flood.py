@@ -59,6 +59,15 @@ class AlertBudget:
             )
         return bool(allowed)
 
+    def stage(self, pipe: redis.client.Pipeline, kind: str, rule: str, *, now: float) -> int:
+        """Queue :meth:`allow`'s count on ``pipe``; return the index of its reply (1 to send)."""
+        index = len(pipe)
+        hour = int(now // 3600)
+        self._budget(
+            keys=[self.keys.alerts(hour)], args=[f"{kind}:{rule}", self.limit], client=pipe
+        )
+        return index
+
     def report_previous_hour(self, *, now: float | None = None) -> None:
         """Send one summary event for the alerts suppressed in the previous hour, once.
 

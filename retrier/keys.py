@@ -15,6 +15,7 @@
 {prefix}:gaveup              sorted set: ids of messages given up, by time
 {prefix}:pending             sorted set: ids of messages awaiting a resend, by the
                              time they count as stalled (the sweeper reads it)
+{prefix}:pending:phone       hash: id -> phone number, only while the message is pending
 {prefix}:watermark           string: the newest message id any poll has seen
 {prefix}:recipient:{h}:{day} string: resends to one phone number (hashed) that UTC day
 {prefix}:pause               hash: the account-level failure holding every resend
@@ -65,6 +66,10 @@ class Keys:
     @property
     def pending(self) -> str:
         return f"{self.prefix}:pending"
+
+    @property
+    def pending_phones(self) -> str:
+        return f"{self.prefix}:pending:phone"
 
     @property
     def watermark(self) -> str:

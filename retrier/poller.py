@@ -32,6 +32,7 @@ import dramatiq
 from retrier import alerts
 from retrier.actors import Job, enqueue_resend
 from retrier.backoff import exponential_delay
+from retrier.batch import CycleBatch, Enqueue, Stager
 from retrier.errors import (
     OctopodsError,
     OctopodsKeyRejected,
@@ -44,11 +45,18 @@ from retrier.octopods import MAX_LIMIT, OctopodsClient, SentMessage
 from retrier.rules import Classification, Policy, Reason
 from retrier.store import Outcome, Store
 from retrier.sweeper import sweep
-from retrier.triage import CycleReport, Enqueue, Triage, normalize_reason
+from retrier.triage import CycleReport, Triage, normalize_reason
 
 __all__ = ["Classifier", "CycleReport", "Poller", "broker_enqueue", "normalize_reason"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between sweeps for stalled resends; each sweep costs a few round trips.
+SWEEP_INTERVAL_S = 60.0
+
+#: Hex characters of a claim token: 48 random bits tell one claim of a message
+#: from the next, and keep each record small.
+TOKEN_CHARS = 12
 
 #: Waits after consecutive Octopods 429s that name no retry time.
 RATE_LIMIT_INITIAL_S = 30.0
@@ -86,6 +94,8 @@ class Poller:
         api_key: used only to tell one rejected key from the next in alerts.
         budget: the per-rule hourly alert limit, or None for no limit.
         monitor_slug: the Sentry Crons monitor each cycle checks in to, or None.
+        stager: puts jobs on the cycle's Redis pipeline (the Redis broker), or
+            None to enqueue each job on its own.
         lease: the lease that makes this poller the only active one, or None to
             poll regardless.
         min_interval_s: the shortest interval the poller falls to while pages
@@ -105,6 +115,7 @@ class Poller:
         api_key: str = "",
         budget: AlertBudget | None = None,
         monitor_slug: str | None = None,
+        stager: Stager | None = None,
         lease: PollerLease | None = None,
         min_interval_s: float = 10.0,
         clock: Callable[[], float] = time.time,
@@ -112,7 +123,9 @@ class Poller:
         self.client = client
         self.store = store
         self.rules = rules
-        self.triage = Triage(store, enqueue, max_message_age_s=max_message_age_s, budget=budget)
+        self.triage = Triage(max_message_age_s=max_message_age_s)
+        self.enqueue = enqueue
+        self.stager = stager
         self.dry_run = dry_run
         self.budget = budget
         self.monitor_slug = monitor_slug
@@ -124,15 +137,8 @@ class Poller:
         self.current_interval_s = self.interval_s
         self._key_alert = "key-rejected:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
         self._key_rejected_cycles = 0
+        self._next_sweep_at = 0.0
         self._rate_limited_cycles = 0
-
-    @property
-    def enqueue(self) -> Enqueue:
-        return self.triage.enqueue
-
-    @enqueue.setter
-    def enqueue(self, enqueue: Enqueue) -> None:
-        self.triage.enqueue = enqueue
 
     # -- one cycle ------------------------------------------------------
 
@@ -261,7 +267,7 @@ class Poller:
 
         ids = [message.message_id for message in messages]
         page = self.store.sync_page(
-            [(message.message_id, uuid.uuid4().hex) for message in failed],
+            [(message.message_id, uuid.uuid4().hex[:TOKEN_CHARS]) for message in failed],
             settled=[
                 message.message_id
                 for message in messages
@@ -270,30 +276,32 @@ class Poller:
             newest=max(ids) if ids else None,
             now=now,
         )
-        self._check_coverage(report, page.previous_watermark, min(ids) if ids else None)
+        batch = CycleBatch(now)
+        self._check_coverage(report, batch, page.previous_watermark, min(ids) if ids else None)
         for message_id in page.cancelled:
             report.cancelled += 1
             logger.info("resend cancelled: listed as delivered", extra={"message_id": message_id})
-
-        outcomes = []
         for (message, decision), claim in zip(decisions, page.claims, strict=True):
-            if not claim.claimed:
+            if claim.claimed:
+                self.triage.act(message, decision, claim, report, batch)
+            else:
                 report.duplicates += 1
-                continue
-            outcome = self.triage.act(message, decision, claim, report, now)
-            if outcome is not None:
-                outcomes.append(outcome)
 
-        first_seen = self.store.record(outcomes, now=now)
-        self._alert_new_reasons(first_seen, outcomes)
-        self.store.set_last_poll(
-            {"at": repr(now), "error": "", **report.fields()},
-            poller=self.poller_id,
-            ttl_s=3 * self.interval_s,
+        recorded = batch.execute(
+            self.store,
+            enqueue=self.enqueue,
+            stager=self.stager,
+            budget=self.budget,
+            last_poll={"at": repr(now), "error": "", **report.fields()},
+            poller_id=self.poller_id,
+            poller_ttl_s=3 * self.interval_s,
         )
+        # Jobs the broker refused are not queued: their claims expire.
+        report.queued -= len(batch.jobs) + len(batch.outcomes) - len(recorded)
+        self._alert_new_reasons(batch.first_sightings, recorded)
 
     def _check_coverage(
-        self, report: CycleReport, watermark: int | None, oldest: int | None
+        self, report: CycleReport, batch: CycleBatch, watermark: int | None, oldest: int | None
     ) -> None:
         """Detect a full page that does not reach back to the newest message seen before.
 
@@ -321,11 +329,15 @@ class Poller:
                 "interval_s": self.current_interval_s,
             },
         )
-        self.store.count({"coverage_gaps": 1}, now=self.clock())
-        if self.budget is None or self.budget.allow("coverage-gap", "listing"):
-            alerts.alert_coverage_gap(
-                after_id=watermark, before_id=oldest, interval_s=self.current_interval_s
-            )
+        batch.count("coverage_gaps")
+        interval_s = self.current_interval_s
+        batch.alert(
+            "coverage-gap",
+            "listing",
+            lambda: alerts.alert_coverage_gap(
+                after_id=watermark, before_id=oldest, interval_s=interval_s
+            ),
+        )
 
     def _record_failed_poll(self, report: CycleReport, now: float) -> None:
         # So that `status` tells a failing poller from one that never ran.
@@ -413,8 +425,10 @@ class Poller:
     def _cycle_and_sweep(self) -> CycleReport:
         try:
             report = self.run_cycle()
-            if not self.dry_run and not report.error:
-                sweep(self.store, self._policy_for, self.triage.enqueue, now=self.clock())
+            now = self.clock()
+            if not self.dry_run and not report.error and now >= self._next_sweep_at:
+                self._next_sweep_at = now + SWEEP_INTERVAL_S
+                sweep(self.store, self._policy_for, self.enqueue, now=now)
             self._report_suppressed_alerts()
         except StoreError as error:
             logger.warning("sweep skipped: redis unavailable", extra={"error": str(error)})

@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from retrier.actors import Job
+from retrier.batch import Enqueue
 from retrier.store import Store
-from retrier.triage import Enqueue
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ for i = 7, last, 2 do
     table.insert(rows, {0, '', 0})
   else
     local root = redis.call('get', prefix .. ':resend:' .. id) or id
-    redis.call('hset', key, 'state', 'claimed', 'token', token, 'root', root,
-               'seen_at', now, 'updated_at', now)
+    redis.call('hset', key, 'state', 'claimed', 'token', token, 'seen_at', now, 'updated_at', now)
+    if root ~= id then redis.call('hset', key, 'root', root) end
     redis.call('expire', key, ttl)
     local used = redis.call('hget', prefix .. ':msg:' .. root, 'attempts') or 0
     table.insert(rows, {1, root, tonumber(used)})
@@ -41,6 +41,7 @@ for i = last + 1, #ARGV do
     redis.call('hset', key, 'state', 'cancelled', 'updated_at', now,
                'cause', 'listed as delivered before its resend ran')
     redis.call('zrem', prefix .. ':pending', id)
+    redis.call('hdel', prefix .. ':pending:phone', id)
     redis.call('hincrby', counts, 'cancelled', 1)
     redis.call('expire', counts, 172800)
     table.insert(cancelled, id)
@@ -92,7 +93,8 @@ end
 redis.call('hincrby', root_key, 'attempts', 1)
 redis.call('expire', root_key, dedup_ttl)
 redis.call('set', lock, token, 'PX', inflight_ttl)
-if not state then redis.call('hset', key, 'token', token, 'root', root, 'seen_at', now) end
+if not state then redis.call('hset', key, 'token', token, 'seen_at', now) end
+if not state and root ~= id then redis.call('hset', key, 'root', root) end
 redis.call('hset', key, 'state', 'sending', 'updated_at', now)
 redis.call('expire', key, dedup_ttl)
 redis.call('zadd', prefix .. ':pending', deadline, id)
@@ -122,6 +124,7 @@ if counter ~= '' then
 end
 if deadline == '' then
   redis.call('zrem', prefix .. ':pending', id)
+  redis.call('hdel', prefix .. ':pending:phone', id)
 else
   redis.call('zadd', prefix .. ':pending', deadline, id)
 end
@@ -193,6 +196,7 @@ local state, updated = unpack(redis.call('hmget', key, 'state', 'updated_at'))
 if updated ~= seen then return 0 end
 if state ~= 'queued' and state ~= 'retrying' and state ~= 'sending' then
   redis.call('zrem', prefix .. ':pending', id)
+  redis.call('hdel', prefix .. ':pending:phone', id)
   return 0
 end
 if redis.call('exists', prefix .. ':inflight:' .. id) == 1 then return 0 end

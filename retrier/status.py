@@ -153,19 +153,20 @@ def render_message(store: Store, message_id: int) -> str | None:
     if not record:
         return None
 
+    record.setdefault("action", "retry")
     lines = [f"message {message_id}"]
     for name, label in (
         ("state", "state"),
         ("rule", "rule"),
         ("action", "action"),
         ("reason", "failure reason"),
-        ("sent_at", "sent at"),
         ("cause", "cause"),
         ("replays", "replays"),
     ):
         if name in record:
             lines.append(f"  {label}: {record[name]}")
     for name, label in (
+        ("sent_at", "sent"),
         ("seen_at", "seen"),
         ("updated_at", "updated"),
         ("next_at", "next attempt"),

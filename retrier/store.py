@@ -99,7 +99,8 @@ class AttemptStart:
 
 
 @contextmanager
-def _translate(action: str) -> Iterator[None]:
+def translate_errors(action: str) -> Iterator[None]:
+    """Raise any redis error inside the block as StoreError naming ``action``."""
     try:
         yield
     except redis.RedisError as error:
@@ -133,7 +134,7 @@ class Store:
 
     def backoff_until(self) -> float:
         """Return the Unix time before which no request may be made (0.0 if none)."""
-        with _translate("reading the backoff"):
+        with translate_errors("reading the backoff"):
             raw = self.client.hget(self.keys.backoff, "until")
         return float(raw) if raw else 0.0
 
@@ -143,7 +144,7 @@ class Store:
         Returns the backoff in force afterwards. ``source`` (``octopods`` or
         ``hook``) is kept for ``retrier status``.
         """
-        with _translate("setting the backoff"):
+        with translate_errors("setting the backoff"):
             raw = self._defer(
                 keys=[self.keys.backoff], args=[repr(until), source, repr(time.time())]
             )
@@ -176,7 +177,7 @@ class Store:
         args: list[Any] = [
             self.keys.prefix,
             self.claim_ttl_s,
-            repr(now),
+            _time(now),
             "" if newest is None else newest,
             self.keys.counts(int(now // 3600)),
             len(pairs),
@@ -184,7 +185,7 @@ class Store:
         for message_id, token in pairs:
             args.extend((message_id, token))
         args.extend(settled)
-        with _translate("claiming messages"):
+        with translate_errors("claiming messages"):
             rows, cancelled, previous = self._sync(args=args)
 
         claims = [
@@ -209,20 +210,39 @@ class Store:
         """
         if not outcomes:
             return []
-        counts = self.keys.counts(int(now // 3600))
         pipe = self.client.pipeline(transaction=False)
-        sightings: list[tuple[int, str]] = []  # (index of the ZINCRBY reply, reason)
+        sightings = self.stage_record(pipe, outcomes, now=now)
+        with translate_errors("recording outcomes"):
+            replies = pipe.execute()
+        return [reason for index, reason in sightings if float(replies[index]) == 1.0]
+
+    def stage_record(
+        self, pipe: redis.client.Pipeline, outcomes: Sequence[Outcome], *, now: float
+    ) -> list[tuple[int, str]]:
+        """Queue the writes of :meth:`record` on ``pipe``.
+
+        Returns (reply index, reason) for each unclassified reason counted, whose
+        reply is 1 when the reason is seen for the first time.
+        """
+        if not outcomes:
+            return []
+        counts = self.keys.counts(int(now // 3600))
+        sightings: list[tuple[int, str]] = []
         for outcome in outcomes:
             key = self.keys.message(outcome.message_id)
             fields: dict[Any, Any] = {
                 "state": outcome.state,
-                "updated_at": repr(now),
+                "updated_at": _time(now),
                 **outcome.fields,
             }
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self.dedup_ttl_s)
             if outcome.stall_deadline is not None:
                 pipe.zadd(self.keys.pending, {str(outcome.message_id): outcome.stall_deadline})
+                if outcome.phone_number:
+                    pipe.hset(
+                        self.keys.pending_phones, str(outcome.message_id), outcome.phone_number
+                    )
             for counter in outcome.counters:
                 pipe.hincrby(counts, counter, 1)
             if outcome.unclassified_reason is not None:
@@ -233,9 +253,18 @@ class Store:
         pipe.expire(counts, COUNTS_TTL_S)
         if sightings:
             pipe.zremrangebyrank(self.keys.unclassified, 0, -MAX_UNCLASSIFIED - 1)
-        with _translate("recording outcomes"):
-            replies = pipe.execute()
-        return [reason for index, reason in sightings if float(replies[index]) == 1.0]
+        return sightings
+
+    def stage_count(
+        self, pipe: redis.client.Pipeline, counters: Mapping[str, int], *, now: float
+    ) -> None:
+        """Queue :meth:`count`'s additions on ``pipe``."""
+        if not counters:
+            return
+        key = self.keys.counts(int(now // 3600))
+        for name, amount in counters.items():
+            pipe.hincrby(key, name, amount)
+        pipe.expire(key, COUNTS_TTL_S)
 
     def count(self, counters: Mapping[str, int], *, now: float) -> None:
         """Add to this hour's outcome counters."""
@@ -246,7 +275,7 @@ class Store:
         for name, amount in counters.items():
             pipe.hincrby(key, name, amount)
         pipe.expire(key, COUNTS_TTL_S)
-        with _translate("counting outcomes"):
+        with translate_errors("counting outcomes"):
             pipe.execute()
 
     def handled(self, message_ids: Sequence[int]) -> list[bool]:
@@ -254,7 +283,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for message_id in message_ids:
             pipe.exists(self.keys.message(message_id))
-        with _translate("reading records"):
+        with translate_errors("reading records"):
             return [bool(found) for found in pipe.execute()]
 
     # -- worker side ----------------------------------------------------
@@ -285,14 +314,14 @@ class Store:
             token,
             root,
             max_attempts,
-            repr(now),
+            _time(now),
             int(inflight_ttl_s * 1000),
             self.dedup_ttl_s,
             repr(now + inflight_ttl_s + STALL_GRACE_S),
             self.recipient_key(phone_number, now=now) if recipient_limit else "",
             recipient_limit,
         ]
-        with _translate("starting a hook attempt"):
+        with translate_errors("starting a hook attempt"):
             raw_status, raw_value, next_attempt = self._begin(args=args)
         status = _text(raw_status)
         value = _text(raw_value)
@@ -334,13 +363,13 @@ class Store:
             self.keys.counts(int(now // 3600)),
             counter,
             state,
-            repr(now),
+            _time(now),
             "" if stall_deadline is None else repr(stall_deadline),
             self.recipient_key(phone_number, now=now) if refund and phone_number else "",
         ]
         for name, value in fields.items():
             args.extend((name, value))
-        with _translate("finishing a hook attempt"):
+        with translate_errors("finishing a hook attempt"):
             self._finish(args=args)
 
     def recipient_key(self, phone_number: str | None, *, now: float) -> str:
@@ -356,9 +385,23 @@ class Store:
 
     def stalled(self, *, now: float, limit: int = 100) -> list[int]:
         """Return ids of messages whose resend should have progressed by ``now``."""
-        with _translate("reading stalled messages"):
+        with translate_errors("reading stalled messages"):
             raw = self.client.zrangebyscore(self.keys.pending, 0, now, start=0, num=limit)
         return [int(_text(value)) for value in raw]
+
+    def pending_phone(self, message_id: int) -> str | None:
+        """Return the phone number kept for a message awaiting a resend, or None."""
+        with translate_errors("reading a pending message"):
+            raw = self.client.hget(self.keys.pending_phones, str(message_id))
+        return _text(raw) if raw else None
+
+    def forget_pending(self, message_id: int) -> None:
+        """Drop a message from the pending index, for one whose record is gone."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self.keys.pending, str(message_id))
+        pipe.hdel(self.keys.pending_phones, str(message_id))
+        with translate_errors("dropping a pending message"):
+            pipe.execute()
 
     def requeue_stalled(
         self, message_id: int, *, seen_updated_at: str, token: str, now: float
@@ -373,10 +416,10 @@ class Store:
             message_id,
             seen_updated_at,
             token,
-            repr(now),
+            _time(now),
             repr(now + STALL_GRACE_S),
         ]
-        with _translate("requeueing a stalled message"):
+        with translate_errors("requeueing a stalled message"):
             return bool(self._requeue_stalled(args=args))
 
     def link_resend(self, new_message_id: int, *, root: int) -> None:
@@ -385,14 +428,14 @@ class Store:
         When the poller later sees the new message fail, its claim finds the
         chain, and the attempt counts against the original's policy.
         """
-        with _translate("linking a resend"):
+        with translate_errors("linking a resend"):
             self.client.set(self.keys.resend(new_message_id), root, ex=self.dedup_ttl_s)
 
     # -- reading --------------------------------------------------------
 
     def get_record(self, message_id: int) -> dict[str, str]:
         """Return a message's record as text fields ({} when none is kept)."""
-        with _translate("reading a record"):
+        with translate_errors("reading a record"):
             raw = self.client.hgetall(self.keys.message(message_id))
         return {_text(key): _text(value) for key, value in raw.items()}
 
@@ -402,7 +445,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for hour in range(current - hours + 1, current + 1):
             pipe.hgetall(self.keys.counts(hour))
-        with _translate("reading counters"):
+        with translate_errors("reading counters"):
             rows = pipe.execute()
         totals: dict[str, int] = {}
         for row in rows:
@@ -412,12 +455,12 @@ class Store:
 
     def once(self, name: str, *, ttl_s: int | None = None) -> bool:
         """Return True the first time ``name`` is seen (across processes), else False."""
-        with _translate("checking an alert flag"):
+        with translate_errors("checking an alert flag"):
             return bool(self.client.set(self.keys.once(name), "1", nx=True, ex=ttl_s))
 
     def forget_once(self, name: str) -> None:
         """Clear a flag set by :meth:`once`, so that the next occurrence alerts again."""
-        with _translate("clearing an alert flag"):
+        with translate_errors("clearing an alert flag"):
             self.client.delete(self.keys.once(name))
 
     def set_last_poll(
@@ -428,17 +471,28 @@ class Store:
         The poller entry expires after ``ttl_s``, so that ``status`` shows no
         active poller once none has polled for that long.
         """
-        last: dict[Any, Any] = dict(fields)
         pipe = self.client.pipeline(transaction=False)
+        self.stage_last_poll(pipe, fields, poller=poller, ttl_s=ttl_s)
+        with translate_errors("recording the poll"):
+            pipe.execute()
+
+    def stage_last_poll(
+        self,
+        pipe: redis.client.Pipeline,
+        fields: Mapping[str, str | int | float],
+        *,
+        poller: str,
+        ttl_s: float,
+    ) -> None:
+        """Queue :meth:`set_last_poll`'s writes on ``pipe``."""
+        last: dict[Any, Any] = dict(fields)
         pipe.hset(self.keys.last_poll, mapping=last)
         pipe.hset(self.keys.poller, mapping={"id": poller, "at": last.get("at", "")})
         pipe.expire(self.keys.poller, max(int(ttl_s), 1))
-        with _translate("recording the poll"):
-            pipe.execute()
 
     def get_hash(self, key: str) -> dict[str, str]:
         """Return a hash under this store's keys as text ({} when absent)."""
-        with _translate(f"reading {key}"):
+        with translate_errors(f"reading {key}"):
             raw = self.client.hgetall(key)
         return {_text(name): _text(value) for name, value in raw.items()}
 
@@ -450,18 +504,23 @@ class Store:
         ``fields`` (rule, message_id, reason, since) describe the failure that
         caused it; a pause already in force is kept as it is.
         """
-        args: list[Any] = []
-        for name, value in fields.items():
-            args.extend((name, value))
-        with _translate("pausing resends"):
-            return bool(self._pause(keys=[self.keys.pause], args=args))
+        with translate_errors("pausing resends"):
+            return bool(self._pause(keys=[self.keys.pause], args=_pairs(fields)))
+
+    def stage_pause(
+        self, pipe: redis.client.Pipeline, fields: Mapping[str, str | int | float]
+    ) -> int:
+        """Queue :meth:`pause` on ``pipe``; return the index of its reply (1 if it paused)."""
+        index = len(pipe)
+        self._pause(keys=[self.keys.pause], args=_pairs(fields), client=pipe)
+        return index
 
     def resume(self) -> dict[str, str]:
         """Lift the pause; return what it held ({} when there was none)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.keys.pause)
         pipe.delete(self.keys.pause)
-        with _translate("resuming resends"):
+        with translate_errors("resuming resends"):
             raw, _ = pipe.execute()
         return {_text(name): _text(value) for name, value in raw.items()}
 
@@ -469,7 +528,7 @@ class Store:
 
     def given_up(self, *, since: float, until: float) -> list[int]:
         """Return the ids of messages given up between ``since`` and ``until``, oldest first."""
-        with _translate("reading given-up messages"):
+        with translate_errors("reading given-up messages"):
             raw = self.client.zrangebyscore(self.keys.gave_up, since, until)
         return [int(_text(value)) for value in raw]
 
@@ -480,26 +539,26 @@ class Store:
         message is no longer given up (another replay took it) or has no job.
         The chain's attempt count starts again from zero.
         """
-        with _translate("replaying a message"):
+        with translate_errors("replaying a message"):
             job = self._replay(
-                args=[self.keys.prefix, message_id, token, repr(now), repr(now + STALL_GRACE_S)]
+                args=[self.keys.prefix, message_id, token, _time(now), repr(now + STALL_GRACE_S)]
             )
         return _text(job) if job else None
 
     def lease_holder(self) -> str | None:
         """Return the id of the poller holding the poller lease, or None."""
-        with _translate("reading the poller lease"):
+        with translate_errors("reading the poller lease"):
             raw = self.client.get(self.keys.lease)
         return _text(raw) if raw is not None else None
 
     def count_given_up(self) -> int:
         """Return how many given-up messages replay can take."""
-        with _translate("counting given-up messages"):
+        with translate_errors("counting given-up messages"):
             return int(self.client.zcard(self.keys.gave_up))
 
     def top_unclassified(self, limit: int) -> list[tuple[str, int, str]]:
         """Return the most common unclassified reasons: (normalised reason, count, first text)."""
-        with _translate("reading unclassified reasons"):
+        with translate_errors("reading unclassified reasons"):
             top = cast(
                 list[tuple[bytes, float]],
                 self.client.zrevrange(self.keys.unclassified, 0, limit - 1, withscores=True),
@@ -519,10 +578,10 @@ class Store:
         """Put a message back among the given-up ones after a replay failed to enqueue it."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(
-            self.keys.message(message_id), mapping={"state": "gave_up", "updated_at": repr(now)}
+            self.keys.message(message_id), mapping={"state": "gave_up", "updated_at": _time(now)}
         )
         pipe.zadd(self.keys.gave_up, {str(message_id): now})
-        with _translate("restoring a given-up message"):
+        with translate_errors("restoring a given-up message"):
             pipe.execute()
 
 
@@ -531,7 +590,8 @@ class Outcome:
     """What the poller decided for one claimed message, for :meth:`Store.record`.
 
     ``stall_deadline`` (Unix time) is set for a message queued for a resend:
-    the sweeper requeues it if it has not progressed by then.
+    the sweeper requeues it if it has not progressed by then, with the phone
+    number kept beside the pending index until the resend ends.
     """
 
     message_id: int
@@ -540,6 +600,7 @@ class Outcome:
     counters: tuple[str, ...] = ()
     unclassified_reason: str | None = None
     stall_deadline: float | None = None
+    phone_number: str | None = None  # kept only while the message awaits a resend
 
 
 @dataclass(frozen=True)
@@ -549,6 +610,18 @@ class PageSync:
     claims: list[Claim]
     cancelled: list[int]
     previous_watermark: int | None
+
+
+def _pairs(fields: Mapping[str, str | int | float]) -> list[Any]:
+    args: list[Any] = []
+    for name, value in fields.items():
+        args.extend((name, value))
+    return args
+
+
+def _time(moment: float) -> str:
+    """Return a Unix time as whole seconds, the form records keep (a few bytes a field)."""
+    return str(int(moment))
 
 
 def _text(value: Any) -> str:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from retrier.actors import Job
+from retrier.batch import Enqueue
 from retrier.rules import Policy
 from retrier.store import Store
-from retrier.triage import Enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,10 @@ def sweep(
     requeued = []
     for message_id in store.stalled(now=now, limit=SWEEP_LIMIT):
         record = store.get_record(message_id)
-        job = _rebuild(message_id, record, policy_for)
+        if not record:
+            store.forget_pending(message_id)  # expired with the dedup TTL
+            continue
+        job = _rebuild(message_id, record, store.pending_phone(message_id), policy_for)
         if job is None:
             logger.error(
                 "stalled message cannot be rebuilt",
@@ -70,7 +73,7 @@ def sweep(
             extra={
                 "message_id": message_id,
                 "rule": job.rule,
-                "attempt": int(record.get("attempt", 0)) + 1,
+                "attempt": sum(name[0] == "a" and name[1:].isdigit() for name in record) + 1,
                 "delay_s": 0,
                 "state": record.get("state"),
             },
@@ -79,17 +82,23 @@ def sweep(
 
 
 def _rebuild(
-    message_id: int, record: dict[str, str], policy_for: Callable[[str], Policy]
+    message_id: int,
+    record: dict[str, str],
+    phone_number: str | None,
+    policy_for: Callable[[str], Policy],
 ) -> Job | None:
     if not record or "rule" not in record or "sent_at" not in record:
         return None
     policy = policy_for(record["rule"])
-    sent_at = datetime.fromisoformat(record["sent_at"]).astimezone(UTC)
+    try:
+        sent_at = datetime.fromtimestamp(int(float(record["sent_at"])), UTC)
+    except (ValueError, OverflowError):
+        return None
     return Job(
         message_id=message_id,
         root=int(record.get("root") or message_id),
         token=uuid.uuid4().hex,
-        phone_number=record.get("phone") or None,
+        phone_number=phone_number,
         sent_at=sent_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         failure_reason=record.get("reason", ""),
         rule=record["rule"],

@@ -12,20 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 
 from retrier import alerts
 from retrier.actors import Job
-from retrier.flood import AlertBudget
+from retrier.batch import CycleBatch
 from retrier.octopods import SentMessage
 from retrier.rules import Classification
-from retrier.store import STALL_GRACE_S, Claim, Outcome, Store
+from retrier.store import STALL_GRACE_S, Claim, Outcome
 
 logger = logging.getLogger(__name__)
 
-Enqueue = Callable[[Job, float], None]
+#: Characters of a failure reason kept in a message's record.
+MAX_REASON_CHARS = 160
 
 
 @dataclass
@@ -93,27 +93,14 @@ def build_job(message: SentMessage, decision: Classification, claim: Claim) -> J
 
 
 class Triage:
-    """Acts on claimed failures; see the module docstring.
+    """Decides what each claimed failure needs, onto the cycle's batch; see the module docstring.
 
     Args:
-        store: the shared Redis state.
-        enqueue: puts a resend job on the queue with a delay in seconds.
         max_message_age_s: the age limit of rules that set no ``max_age``.
-        budget: the per-rule hourly alert limit, or None for no limit.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        enqueue: Enqueue,
-        *,
-        max_message_age_s: float,
-        budget: AlertBudget | None = None,
-    ) -> None:
-        self.store = store
-        self.enqueue = enqueue
+    def __init__(self, *, max_message_age_s: float) -> None:
         self.max_message_age_s = max_message_age_s
-        self.budget = budget
 
     def age_limit(self, decision: Classification) -> float:
         return decision.policy.max_age_s or self.max_message_age_s
@@ -124,21 +111,17 @@ class Triage:
         decision: Classification,
         claim: Claim,
         report: CycleReport,
-        now: float,
-    ) -> Outcome | None:
-        """Decide and do what a claimed failure needs; return its outcome to record.
-
-        Returns None when the message could not be enqueued: its claim then
-        expires and a later cycle takes it up.
-        """
+        batch: CycleBatch,
+    ) -> None:
+        """Add to ``batch`` what a claimed failure needs: its record, job, alerts or pause."""
+        now = batch.now
         fields: dict[str, str | int | float] = {
             "rule": decision.rule,
-            "action": decision.action,
-            "reason": message.failure_reason[:300],
-            "sent_at": message.sent_at.isoformat(),
-            # Kept so that the sweeper can rebuild the job; `show` never prints it.
-            "phone": message.phone_number or "",
+            "reason": message.failure_reason[:MAX_REASON_CHARS],
+            "sent_at": int(message.sent_at.timestamp()),
         }
+        if decision.action != "retry":  # readers take a missing action as retry
+            fields["action"] = decision.action
         if claim.root != message.message_id:
             fields["root"] = claim.root
         unclassified = None if decision.matched else normalize_reason(message.failure_reason)
@@ -158,9 +141,10 @@ class Triage:
                 "skipped old failure",
                 extra={**ids, "age_s": round(age_s), "max_age_s": self.age_limit(decision)},
             )
-            return Outcome(
-                message.message_id, "expired", fields, ("expired", *counters), unclassified
+            batch.record(
+                Outcome(message.message_id, "expired", fields, ("expired", *counters), unclassified)
             )
+            return
 
         if decision.action == "permanent":
             report.permanent += 1
@@ -168,41 +152,37 @@ class Triage:
                 "permanent failure", extra={**ids, "reason": message.failure_reason[:200]}
             )
             if decision.policy.alert:
-                self._alert(message, decision)
-            return Outcome(
-                message.message_id, "permanent", fields, ("permanent", *counters), unclassified
+                self._alert(message, decision, batch)
+            batch.record(
+                Outcome(
+                    message.message_id, "permanent", fields, ("permanent", *counters), unclassified
+                )
             )
+            return
 
         if decision.action == "pause":
             report.paused += 1
-            self._pause(message, decision, now)
+            self._pause(message, decision, batch)
 
         if claim.attempts_used >= decision.policy.max_attempts:
-            return self._give_up(message, decision, claim, report, fields, counters, unclassified)
-
-        job = build_job(message, decision, claim)
-        try:
-            self.enqueue(job, decision.policy.delay_s)
-        except Exception as error:  # the broker's errors are not one tree: redis, pika, …
-            logger.error(
-                "enqueue failed; the claim expires and a later cycle retries",
-                extra={**ids, "error": str(error)},
-            )
-            return None
+            self._give_up(message, decision, claim, report, batch, fields, counters, unclassified)
+            return
 
         report.queued += 1
         logger.info("resend queued", extra={**ids, "delay_s": decision.policy.delay_s})
         if decision.action == "retry" and decision.policy.alert:
-            self._alert(message, decision)
+            self._alert(message, decision, batch)
         stall_deadline = now + decision.policy.delay_s + STALL_GRACE_S
-        return Outcome(
+        outcome = Outcome(
             message.message_id,
             "queued",
             fields,
             ("queued", *counters),
             unclassified,
             stall_deadline,
+            message.phone_number,
         )
+        batch.enqueue(build_job(message, decision, claim), decision.policy.delay_s, outcome)
 
     def _give_up(
         self,
@@ -210,10 +190,11 @@ class Triage:
         decision: Classification,
         claim: Claim,
         report: CycleReport,
+        batch: CycleBatch,
         fields: dict[str, str | int | float],
         counters: tuple[str, ...],
         unclassified: str | None,
-    ) -> Outcome:
+    ) -> None:
         report.gave_up += 1
         cause = f"the resend chain of {claim.root} used its {claim.attempts_used} attempts"
         logger.warning(
@@ -226,33 +207,30 @@ class Triage:
                 "cause": cause,
             },
         )
-        if self._within_budget("gave-up", decision.rule):
-            alerts.alert_gave_up(
+        batch.alert(
+            "gave-up",
+            decision.rule,
+            lambda: alerts.alert_gave_up(
                 message_id=message.message_id,
                 rule=decision.rule,
                 attempt=claim.attempts_used,
                 cause=cause,
                 phone_number=message.phone_number,
-            )
+            ),
+        )
         job = json.dumps(build_job(message, decision, claim).to_dict())
-        return Outcome(
-            message.message_id,
-            "gave_up",
-            {**fields, "cause": cause, "job": job},
-            ("gave_up", *counters),
-            unclassified,
+        batch.record(
+            Outcome(
+                message.message_id,
+                "gave_up",
+                {**fields, "cause": cause, "job": job},
+                ("gave_up", *counters),
+                unclassified,
+            )
         )
 
-    def _pause(self, message: SentMessage, decision: Classification, now: float) -> None:
-        first = self.store.pause(
-            {
-                "rule": decision.rule,
-                "message_id": message.message_id,
-                "reason": message.failure_reason[:300],
-                "since": repr(now),
-            }
-        )
-        if first:
+    def _pause(self, message: SentMessage, decision: Classification, batch: CycleBatch) -> None:
+        def announce() -> None:
             logger.critical(
                 "resends paused: account-level failure",
                 extra={
@@ -266,19 +244,26 @@ class Triage:
                 rule=decision.rule, message_id=message.message_id, reason=message.failure_reason
             )
 
-    def _alert(self, message: SentMessage, decision: Classification) -> None:
-        if not self._within_budget(decision.action, decision.rule):
-            return
-        alerts.alert_failure(
-            message_id=message.message_id,
-            rule=decision.rule,
-            action=decision.action,
-            reason=message.failure_reason,
-            phone_number=message.phone_number,
-        )
+        fields: dict[str, str | int | float] = {
+            "rule": decision.rule,
+            "message_id": message.message_id,
+            "reason": message.failure_reason[:MAX_REASON_CHARS],
+            "since": repr(batch.now),
+        }
+        batch.pause_resends(fields, announce)
 
-    def _within_budget(self, kind: str, rule: str) -> bool:
-        return self.budget is None or self.budget.allow(kind, rule)
+    def _alert(self, message: SentMessage, decision: Classification, batch: CycleBatch) -> None:
+        batch.alert(
+            decision.action,
+            decision.rule,
+            lambda: alerts.alert_failure(
+                message_id=message.message_id,
+                rule=decision.rule,
+                action=decision.action,
+                reason=message.failure_reason,
+                phone_number=message.phone_number,
+            ),
+        )
 
     def plan(
         self, message: SentMessage, decision: Classification, handled: bool, now: float

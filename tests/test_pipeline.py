@@ -15,7 +15,7 @@ import dramatiq
 import pytest
 
 from retrier.actors import Job, Resender, declare_resend_actor, enqueue_resend
-from retrier.broker import build_broker
+from retrier.broker import RedisStager, build_broker
 from retrier.hook import HookClient
 from retrier.octopods import OctopodsClient
 from retrier.poller import Poller, broker_enqueue
@@ -214,7 +214,12 @@ def live(
         clients.append(client)
         own_store = Store(store.client, prefix)
         return Poller(
-            client, own_store, lambda: rules, broker_enqueue(broker), max_message_age_s=86400
+            client,
+            own_store,
+            lambda: rules,
+            broker_enqueue(broker),
+            max_message_age_s=86400,
+            stager=RedisStager(broker),  # jobs ride on the cycle's pipeline, as in production
         )
 
     yield simulator, hook, make_poller, broker

@@ -216,10 +216,10 @@ def _queued_record(store: Store, message_id: int, *, deadline: float) -> str:
         "rule": "service-unavailable",
         "action": "retry",
         "reason": "try again later",
-        "sent_at": "2026-04-24T10:19:02+00:00",
-        "phone": "+15550004444",
+        "sent_at": 1777025942,  # 2026-04-24T10:19:02Z
     }
-    store.record([Outcome(message_id, "queued", fields, ("queued",), None, deadline)], now=now)
+    outcome = Outcome(message_id, "queued", fields, ("queued",), None, deadline, "+15550004444")
+    store.record([outcome], now=now)
     return token
 
 
