@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
@@ -23,6 +24,7 @@ from dramatiq.common import current_millis, dq_name
 from retrier.actors import QUEUE_NAME, Job, resend_message
 from retrier.errors import StoreError
 from retrier.keys import Keys
+from retrier.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,32 @@ def build_broker(url: str, prefix: str, *, tls_insecure: bool = False) -> RedisB
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )
+
+
+def build_rabbitmq_broker(url: str) -> dramatiq.Broker:
+    """Return a RabbitMQ broker for ``url`` (``amqp://`` or ``amqps://``).
+
+    Publisher confirms are on, so that an enqueue returns only once RabbitMQ
+    has the message. RabbitMQ itself puts back the unacknowledged messages of a
+    worker whose connection drops, so no heartbeat tuning is needed.
+    """
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker  # pika is needed only here
+
+    return RabbitmqBroker(url=url, confirm_delivery=True)
+
+
+def broker_for(settings: Settings) -> dramatiq.Broker:
+    """Return the broker the settings name: RabbitMQ when BROKER_URL is set, else Redis."""
+    if settings.broker_url:
+        return build_rabbitmq_broker(settings.broker_url.get_secret_value())
+    return build_broker(
+        settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
+    )
+
+
+def stager_for(broker: dramatiq.Broker) -> RedisStager | None:
+    """Return a stager that puts jobs on the poller's Redis pipeline, for the Redis broker only."""
+    return RedisStager(broker) if isinstance(broker, RedisBroker) else None
 
 
 class RedisStager:

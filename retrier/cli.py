@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from dramatiq.brokers.redis import RedisBroker
+import dramatiq
 
 from retrier import __version__, alerts
 from retrier.actors import PAUSE_RECHECK_S
-from retrier.broker import RedisStager, build_broker, check_redis, connect_redis
+from retrier.broker import broker_for, check_redis, connect_redis, stager_for
 from retrier.durations import parse_duration
 from retrier.errors import ConfigError, RulesError, StoreError
 from retrier.flood import AlertBudget
@@ -72,10 +72,8 @@ def _store(settings: Settings) -> Store:
     return Store(client, settings.redis_prefix, dedup_ttl_s=settings.dedup_ttl_s)
 
 
-def _broker(settings: Settings) -> RedisBroker:
-    return build_broker(
-        settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
-    )
+def _broker(settings: Settings) -> dramatiq.Broker:
+    return broker_for(settings)
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
@@ -101,7 +99,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         api_key=api_key,
         budget=AlertBudget(store.client, settings.redis_prefix, limit=settings.alert_limit),
         monitor_slug=settings.monitor_slug,
-        stager=RedisStager(broker),
+        stager=stager_for(broker),
         min_interval_s=min(settings.min_poll_interval_s, settings.poll_interval_s),
     )
     logger.info(

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 #: Variables whose values are never shown, not even in an error message.
-SECRET_VARIABLES = frozenset({"OCTOPODS_API_KEY", "RESEND_HOOK_SECRET", "SENTRY_DSN"})
+SECRET_VARIABLES = frozenset({"OCTOPODS_API_KEY", "RESEND_HOOK_SECRET", "SENTRY_DSN", "BROKER_URL"})
 
 #: What each variable expects, for error messages.
 EXPECTED = {
@@ -34,6 +34,7 @@ EXPECTED = {
     "OCTOPODS_BASE_URL": "an http(s) origin without a path, such as https://app.octopods.io",
     "REDIS_URL": "a redis://, rediss:// or unix:// URL such as redis://localhost:6379/0",
     "REDIS_TLS_INSECURE": "true or false",
+    "BROKER_URL": "an amqp:// or amqps:// URL of RabbitMQ, or unset to queue in Redis",
     "RESEND_HOOK_URL": "the http(s) URL of your resend endpoint",
     "RESEND_HOOK_SECRET": "a Standard Webhooks secret of the form whsec_<base64>",
     "RESEND_HOOK_TIMEOUT": "seconds, a number from 0.1 to 25",
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     )
     redis_tls_insecure: bool = Field(
         False, validation_alias=AliasChoices("REDIS_TLS_INSECURE", "redis_tls_insecure")
+    )
+    #: RabbitMQ for the job queue instead of Redis; claims, records and the
+    #: backoff stay in Redis either way.
+    broker_url: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("BROKER_URL", "broker_url")
     )
     resend_hook_url: str | None = Field(
         None, validation_alias=AliasChoices("RESEND_HOOK_URL", "resend_hook_url")
@@ -176,6 +182,15 @@ class Settings(BaseSettings):
             raise ValueError("has a path")
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if urlsplit(value.get_secret_value()).scheme not in ("amqp", "amqps"):
+            raise ValueError("not an amqp:// or amqps:// URL")
+        return value
+
     @field_validator("sentry_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
@@ -232,9 +247,8 @@ class Settings(BaseSettings):
         """Return the secret values this process holds, for the redactor."""
         values = [self.octopods_api_key, self.resend_hook_secret, self.sentry_dsn]
         found = [value.get_secret_value() for value in values if value is not None]
-        redis_password = urlsplit(self.redis_url).password
-        if redis_password:
-            found.append(redis_password)
+        urls = [self.redis_url, self.broker_url.get_secret_value() if self.broker_url else ""]
+        found.extend(password for url in urls if (password := urlsplit(url).password))
         if self.sentry_dsn is not None:
             # The DSN's public key alone is enough to post events.
             dsn_key = urlsplit(self.sentry_dsn.get_secret_value()).username

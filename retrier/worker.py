@@ -16,7 +16,7 @@ import threading
 import dramatiq
 
 from retrier.actors import Resender, declare_resend_actor
-from retrier.broker import build_broker, check_redis, connect_redis
+from retrier.broker import broker_for, check_redis, connect_redis
 from retrier.flood import AlertBudget
 from retrier.hook import HookClient
 from retrier.settings import Settings
@@ -38,9 +38,7 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
 
     client = connect_redis(settings.redis_url, tls_insecure=settings.redis_tls_insecure)
     check_redis(client)
-    broker = build_broker(
-        settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure
-    )
+    broker = broker_for(settings)
     store = Store(client, settings.redis_prefix, dedup_ttl_s=settings.dedup_ttl_s)
     secret = settings.resend_hook_secret.get_secret_value() if settings.resend_hook_secret else None
     hook = HookClient(
@@ -52,7 +50,10 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS)
     worker.start()
-    logger.info("worker started", extra={"threads": threads, "signed": secret is not None})
+    logger.info(
+        "worker started",
+        extra={"threads": threads, "signed": secret is not None, "broker": type(broker).__name__},
+    )
 
     stop.wait()
 
