@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, NoReturn
 
 import dramatiq
@@ -66,6 +67,7 @@ class Job:
     max_attempts: int
     backoff_initial_s: float
     backoff_max_s: float
+    max_age_s: float | None = None  # no resend once the message is older than this
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +87,7 @@ class Job:
                 max_attempts=int(data["max_attempts"]),
                 backoff_initial_s=float(data["backoff_initial_s"]),
                 backoff_max_s=float(data["backoff_max_s"]),
+                max_age_s=float(data["max_age_s"]) if data.get("max_age_s") is not None else None,
             )
         except KeyError as error:
             raise ValueError(f"job is missing field {error.args[0]!r}") from None
@@ -160,6 +163,8 @@ class Resender:
 
     def _run(self, job: Job) -> None:
         now = self.clock()
+        if self._too_old(job, now):
+            return
         start = self.store.begin_attempt(
             job.message_id,
             token=job.token,
@@ -191,6 +196,34 @@ class Resender:
             return
 
         self._call_hook(job, start.attempt)
+
+    def _too_old(self, job: Job, now: float) -> bool:
+        """Record and skip a job whose message has grown older than its maximum age.
+
+        Held, replayed, swept and long-delayed jobs all pass here, so a stale
+        one-time code or a closed 24-hour window is never resent late.
+        """
+        if job.max_age_s is None:
+            return False
+        try:
+            sent_at = datetime.fromisoformat(job.sent_at).timestamp()
+        except ValueError:
+            return False
+        if now - sent_at <= job.max_age_s:
+            return False
+        self.store.finish_attempt(
+            job.message_id,
+            root=job.root,
+            state="expired",
+            counter="expired",
+            fields={"cause": f"older than {job.max_age_s:g}s when its resend was due"},
+            now=now,
+        )
+        logger.info(
+            "resend skipped: message too old",
+            extra={**_ids(job), "attempt": None, "delay_s": 0, "age_s": round(now - sent_at)},
+        )
+        return True
 
     def _wait(self, job: Job, start: AttemptStart, now: float) -> NoReturn:
         if start.status == "paused":

@@ -28,7 +28,7 @@ from retrier.octopods import OctopodsClient
 from retrier.poller import Poller, broker_enqueue
 from retrier.redact import redactor
 from retrier.replay import replay
-from retrier.rules import Reason
+from retrier.rules import Reason, RuleSet
 from retrier.rulesfile import check_rules, load_rules, run_cases
 from retrier.rulesreload import RulesSource
 from retrier.settings import Settings, load_settings
@@ -85,7 +85,13 @@ def cmd_poll(args: argparse.Namespace) -> int:
     alerts.init_sentry(settings)
     store = _store(settings)
     check_redis(store.client)
-    rules = RulesSource(args.rules or settings.rules_path, store=None if dry_run else store)
+    try:
+        rules = RulesSource(args.rules or settings.rules_path, store=None if dry_run else store)
+    except RulesError as error:
+        # With no last good rules to fall back on, the poller cannot start.
+        alerts.alert_rules_invalid(error=str(error), digest="at start-up")
+        alerts.flush()
+        raise
     broker = _broker(settings)
     api_key = settings.octopods_api_key.get_secret_value()
     client = OctopodsClient(settings.octopods_base_url, api_key)
@@ -185,19 +191,31 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules or load_settings().rules_path)
-    report = run_cases(rules, args.cases)
+    try:
+        report = run_cases(rules, args.cases)
+    except RulesError as error:
+        print(f"retrier: invalid cases file: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     print(report.render(), file=sys.stdout if report.passed else sys.stderr)
     return 0 if report.passed else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = _store(load_settings())
-    status = gather_status(store, now=time.time())
+    settings = load_settings()
+    store = _store(settings)
+    status = gather_status(store, now=time.time(), rules=_rules_or_none(settings))
     if args.json:
         print(redactor.text(json.dumps(status, indent=2, sort_keys=True)))
     else:
         print(render_status(status))
     return 0
+
+
+def _rules_or_none(settings: Settings) -> RuleSet | None:
+    try:
+        return load_rules(settings.rules_path)
+    except RulesError:
+        return None
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -221,13 +239,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = _store(settings)
     broker = _broker(settings)
     try:
+        dry_run = args.dry_run or settings.dry_run
         report = replay(
             store,
             broker_enqueue(broker),
             since=since,
             until=until,
             rule=args.rule,
-            dry_run=args.dry_run,
+            dry_run=dry_run,
             now=now,
         )
     finally:
@@ -236,7 +255,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     window = f"given up between {iso(since)} and {iso(until)}" + (
         f" by rule {args.rule}" if args.rule else ""
     )
-    if args.dry_run:
+    if dry_run:
         print(f"would replay {len(report.found)} message(s) {window}:")
         for message_id, rule in report.found:
             print(f"  {message_id}  {rule}")

@@ -415,7 +415,9 @@ class Poller:
                     alerts.check_in(
                         slug=self.monitor_slug, ok=not report.error, interval_s=interval_s
                     )
-                next_at = max(started + self.current_interval_s, report.waited_until)
+                # A backoff longer than the interval is waited out a cycle at a
+                # time, so that the Crons monitor still sees check-ins.
+                next_at = started + self.current_interval_s
                 stop.wait(max(next_at - self.clock(), 0.0))
         finally:
             if self.lease is not None:
@@ -428,7 +430,13 @@ class Poller:
             now = self.clock()
             if not self.dry_run and not report.error and now >= self._next_sweep_at:
                 self._next_sweep_at = now + SWEEP_INTERVAL_S
-                sweep(self.store, self._policy_for, self.enqueue, now=now)
+                sweep(
+                    self.store,
+                    self._policy_for,
+                    self.enqueue,
+                    now=now,
+                    max_age_s=self.triage.max_message_age_s,
+                )
             self._report_suppressed_alerts()
         except StoreError as error:
             logger.warning("sweep skipped: redis unavailable", extra={"error": str(error)})

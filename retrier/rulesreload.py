@@ -23,7 +23,7 @@ import redis
 from retrier import alerts
 from retrier.errors import RulesError, StoreError
 from retrier.rules import RuleSet
-from retrier.rulesfile import load_rules
+from retrier.rulesfile import check_rules, load_rules
 from retrier.store import Store
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,14 @@ class RulesSource:
             return self._rules
         self._signature = signature
 
+        # An edit must pass what the release phase checks, examples included.
+        problems = check_rules(self.path)
+        if problems:
+            self._reject(problems[0])
+            return self._rules
         try:
             fresh = load_rules(self.path)
-        except RulesError as error:
+        except RulesError as error:  # the file changed again since the check
             self._reject(error)
             return self._rules
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from retrier.codes import extract_codes
 from retrier.redact import redactor
+from retrier.rules import Reason, RuleSet
 from retrier.store import Store
 
 #: How many unclassified reasons ``status`` lists.
@@ -18,19 +19,22 @@ TOP_UNCLASSIFIED = 10
 MAX_CHAIN = 20
 
 
-def gather_status(store: Store, *, now: float) -> dict[str, Any]:
-    """Collect everything ``retrier status`` shows, as JSON-ready data."""
+def gather_status(store: Store, *, now: float, rules: RuleSet | None = None) -> dict[str, Any]:
+    """Collect everything ``retrier status`` shows, as JSON-ready data.
+
+    With ``rules``, unclassified reasons that a rule now matches are left out.
+    """
     keys = store.keys
     backoff = store.get_hash(keys.backoff)
-    unclassified = [
-        {
-            "reason": reason,
-            "count": count,
-            "sample": sample,
-            "suggested_rule": suggest_rule(reason, sample),
-        }
-        for reason, count, sample in store.top_unclassified(TOP_UNCLASSIFIED)
-    ]
+    unclassified = []
+    names: set[str] = set()
+    for reason, count, sample in store.top_unclassified(TOP_UNCLASSIFIED):
+        if rules is not None and rules.classify(Reason(sample)).matched:
+            continue
+        suggestion = suggest_rule(reason, sample, taken=names)
+        unclassified.append(
+            {"reason": reason, "count": count, "sample": sample, "suggested_rule": suggestion}
+        )
 
     until = float(backoff.get("until", 0) or 0)
     return {
@@ -101,10 +105,10 @@ def render_status(status: dict[str, Any]) -> str:
     else:
         rows.append(("rules", "not reported yet (no poller has run)"))
 
-    for window in ("last_hour", "last_day"):
+    for window, label in (("last_hour", "this UTC hour"), ("last_day", "last 24 hours")):
         counts = status[window]
         shown = ", ".join(f"{name}={value}" for name, value in sorted(counts.items()))
-        rows.append((window.replace("_", " "), shown or "nothing yet"))
+        rows.append((label, shown or "nothing yet"))
     rows.append(
         (
             "replayable",
@@ -122,16 +126,24 @@ def render_status(status: dict[str, Any]) -> str:
     return redactor.text("\n".join(lines))
 
 
-def suggest_rule(reason: str, sample: str) -> str:
-    """Return a rules-file entry, ready to paste, that matches an unclassified reason.
+def suggest_rule(reason: str, sample: str, *, taken: set[str] | None = None) -> str:
+    """Return a rules-file entry, ready to paste under ``rules:``, that matches a reason.
 
     The entry matches the reason's code when the text contains one, and its
     longest literal part otherwise. Ops decide the action, which is written as
-    ``retry``.
+    ``retry``. A name already in ``taken`` gets a numbered suffix, and the name
+    chosen is added to ``taken``.
     """
     codes = extract_codes(sample)
     words = re.findall(r"[a-z0-9]+", reason.replace("#", " "))
-    name = "-".join(words[:5])[:40].strip("-") or "new-reason"
+    base = "-".join(words[:5])[:40].strip("-") or "new-reason"
+    name = base
+    taken = taken if taken is not None else set()
+    suffix = 2
+    while name in taken:
+        name = f"{base}-{suffix}"
+        suffix += 1
+    taken.add(name)
     if codes:
         match = f"{{code: {codes[0]}}}"
     else:
@@ -139,10 +151,10 @@ def suggest_rule(reason: str, sample: str) -> str:
         match = f"{{contains: {json.dumps(max(parts, key=len))}}}"
     return "\n".join(
         [
-            f"- name: {name}",
-            f"  match: {match}",
-            "  action: retry          # or permanent: decide",
-            f"  examples: [{json.dumps(redactor.text(sample))}]",
+            f"  - name: {name}",
+            f"    match: {match}",
+            "    action: retry          # or permanent: decide",
+            f"    examples: [{json.dumps(redactor.text(sample))}]",
         ]
     )
 
@@ -172,7 +184,7 @@ def render_message(store: Store, message_id: int) -> str | None:
         ("next_at", "next attempt"),
     ):
         if name in record:
-            lines.append(f"  {label}: {iso(float(record[name]))}")
+            lines.append(f"  {label}: {_moment(record[name])}")
 
     attempts = sorted(
         (int(name[1:]), value) for name, value in record.items() if re.fullmatch(r"a\d+", name)
@@ -202,6 +214,14 @@ def render_chain(store: Store, message_id: int, record: dict[str, str]) -> str:
 
 def iso(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _moment(raw: str) -> str:
+    # Records keep Unix seconds; text in another form is shown as it is.
+    try:
+        return iso(float(raw))
+    except (ValueError, OverflowError):
+        return raw
 
 
 def ago(now: float, moment: float) -> str:

@@ -87,7 +87,7 @@ class AttemptStart:
     ``until``), ``stale`` (another job owns the message), ``done`` (already
     finished), ``exhausted`` (no attempts left; ``attempt`` is the number
     used) or ``recipient`` (the number's daily resend budget is used up;
-    ``attempt`` is the resends made to it today). While waiting, ``attempt`` is the number the next call will have.
+    ``state`` is the resends made to it today). While waiting, ``attempt`` is the number the next call will have.
     """
 
     status: Literal[
@@ -237,6 +237,8 @@ class Store:
             }
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self.dedup_ttl_s)
+            if outcome.state == "gave_up":
+                pipe.zadd(self.keys.gave_up, {str(outcome.message_id): now})
             if outcome.stall_deadline is not None:
                 pipe.zadd(self.keys.pending, {str(outcome.message_id): outcome.stall_deadline})
                 if outcome.phone_number:
@@ -329,8 +331,10 @@ class Store:
             return AttemptStart("backoff", attempt=int(next_attempt), until=float(value))
         if status == "busy":
             return AttemptStart("busy", attempt=int(next_attempt), until=now + int(value) / 1000)
-        if status in ("proceed", "exhausted", "recipient"):
+        if status in ("proceed", "exhausted"):
             return AttemptStart(cast(Any, status), attempt=int(value))
+        if status == "recipient":
+            return AttemptStart("recipient", attempt=int(next_attempt), state=value)
         return AttemptStart(cast(Any, status), attempt=int(next_attempt), state=value)
 
     def finish_attempt(
@@ -453,7 +457,7 @@ class Store:
                 totals[_text(name)] = totals.get(_text(name), 0) + int(value)
         return totals
 
-    def once(self, name: str, *, ttl_s: int | None = None) -> bool:
+    def once(self, name: str, *, ttl_s: int | None = 7 * 86400) -> bool:
         """Return True the first time ``name`` is seen (across processes), else False."""
         with translate_errors("checking an alert flag"):
             return bool(self.client.set(self.keys.once(name), "1", nx=True, ex=ttl_s))

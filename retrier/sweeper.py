@@ -30,7 +30,12 @@ SWEEP_LIMIT = 100
 
 
 def sweep(
-    store: Store, policy_for: Callable[[str], Policy], enqueue: Enqueue, *, now: float
+    store: Store,
+    policy_for: Callable[[str], Policy],
+    enqueue: Enqueue,
+    *,
+    now: float,
+    max_age_s: float | None = None,
 ) -> list[int]:
     """Requeue the messages whose resend is overdue; return their ids.
 
@@ -46,8 +51,9 @@ def sweep(
         if not record:
             store.forget_pending(message_id)  # expired with the dedup TTL
             continue
-        job = _rebuild(message_id, record, store.pending_phone(message_id), policy_for)
+        job = _rebuild(message_id, record, store.pending_phone(message_id), policy_for, max_age_s)
         if job is None:
+            store.forget_pending(message_id)
             logger.error(
                 "stalled message cannot be rebuilt",
                 extra={"message_id": message_id, "state": record.get("state")},
@@ -86,6 +92,7 @@ def _rebuild(
     record: dict[str, str],
     phone_number: str | None,
     policy_for: Callable[[str], Policy],
+    max_age_s: float | None,
 ) -> Job | None:
     if not record or "rule" not in record or "sent_at" not in record:
         return None
@@ -105,4 +112,5 @@ def _rebuild(
         max_attempts=policy.max_attempts,
         backoff_initial_s=policy.backoff_initial_s,
         backoff_max_s=policy.backoff_max_s,
+        max_age_s=policy.max_age_s or max_age_s,
     )

@@ -75,8 +75,13 @@ def normalize_reason(text: str) -> str:
     return folded[:200] or "(empty)"
 
 
-def build_job(message: SentMessage, decision: Classification, claim: Claim) -> Job:
-    """Return the resend job for a claimed message under its rule's policy."""
+def build_job(
+    message: SentMessage, decision: Classification, claim: Claim, *, max_age_s: float | None = None
+) -> Job:
+    """Return the resend job for a claimed message under its rule's policy.
+
+    ``max_age_s`` is the age past which the resend is skipped when it comes due.
+    """
     policy = decision.policy
     return Job(
         message_id=message.message_id,
@@ -89,6 +94,7 @@ def build_job(message: SentMessage, decision: Classification, claim: Claim) -> J
         max_attempts=policy.max_attempts,
         backoff_initial_s=policy.backoff_initial_s,
         backoff_max_s=policy.backoff_max_s,
+        max_age_s=max_age_s,
     )
 
 
@@ -182,7 +188,11 @@ class Triage:
             stall_deadline,
             message.phone_number,
         )
-        batch.enqueue(build_job(message, decision, claim), decision.policy.delay_s, outcome)
+        batch.enqueue(
+            build_job(message, decision, claim, max_age_s=self.age_limit(decision)),
+            decision.policy.delay_s,
+            outcome,
+        )
 
     def _give_up(
         self,
@@ -218,7 +228,9 @@ class Triage:
                 phone_number=message.phone_number,
             ),
         )
-        job = json.dumps(build_job(message, decision, claim).to_dict())
+        job = json.dumps(
+            build_job(message, decision, claim, max_age_s=self.age_limit(decision)).to_dict()
+        )
         batch.record(
             Outcome(
                 message.message_id,
@@ -240,9 +252,10 @@ class Triage:
                     "fix": "retrier resume",
                 },
             )
-            alerts.alert_paused(
-                rule=decision.rule, message_id=message.message_id, reason=message.failure_reason
-            )
+            if decision.policy.alert:
+                alerts.alert_paused(
+                    rule=decision.rule, message_id=message.message_id, reason=message.failure_reason
+                )
 
         fields: dict[str, str | int | float] = {
             "rule": decision.rule,

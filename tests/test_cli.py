@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -295,8 +296,6 @@ def test_replay_bad_since_one_line(prefix: str, tmp_path: Path) -> None:
 
 
 def test_status_json_is_json(prefix: str, tmp_path: Path) -> None:
-    import json
-
     result = run(
         "status",
         "--json",
@@ -321,3 +320,37 @@ def test_worker_unreachable_redis_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("retrier: cannot reach Redis")
     assert "Traceback" not in result.stderr
+
+
+def test_replay_honours_dry_run_setting(prefix: str, store: Store, tmp_path: Path) -> None:
+    """RETRIER_DRY_RUN=true makes `retrier replay` list, not queue."""
+    now = time.time()
+    store.claim([(6001, "t")], now=now)
+    job = json.dumps(
+        {
+            "message_id": 6001,
+            "root": 6001,
+            "token": "t",
+            "phone_number": None,
+            "sent_at": "2026-04-24T10:19:02Z",
+            "failure_reason": "x",
+            "rule": "default",
+            "max_attempts": 1,
+            "backoff_initial_s": 1,
+            "backoff_max_s": 1,
+        }
+    )
+    store.finish_attempt(
+        6001,
+        root=6001,
+        state="gave_up",
+        counter="",
+        fields={"job": job, "rule": "default"},
+        now=now,
+    )
+    env = {"REDIS_URL": REDIS_URL, "RETRIER_REDIS_PREFIX": prefix, "RETRIER_DRY_RUN": "true"}
+
+    result = run("replay", "--since", "1h", env=env, cwd=tmp_path)
+
+    assert "would replay 1 message(s)" in result.stdout
+    assert store.get_record(6001)["state"] == "gave_up"

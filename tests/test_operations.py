@@ -271,8 +271,28 @@ def test_suggested_rule_loads(tmp_path: Path) -> None:
     """The rule `status` suggests for an unclassified reason is valid and matches it."""
     snippet = suggest_rule("carrier said no to #", "Carrier said no to 4412345678")
     path = tmp_path / "rules.yaml"
-    path.write_text(TEST_RULES + "\n".join("  " + line for line in snippet.splitlines()) + "\n")
+    path.write_text(TEST_RULES + snippet + "\n")
 
     rules = load_rules(path)
 
     assert rules.classify(Reason("Carrier said no to 4412345678")).rule == "carrier-said-no-to"
+
+
+def test_status_hides_reasons_now_covered(stack: Stack, tmp_path: Path) -> None:
+    """An unclassified reason that a rule added since covers is no longer offered."""
+    stack.simulator.send(status="failed", reason="Gateway glitch 7")
+    stack.poller.run_cycle()
+    path = tmp_path / "covered.yaml"
+    glitch = (
+        "  - name: glitch\n"
+        '    match: {contains: "gateway glitch"}\n'
+        "    action: retry\n"
+        '    examples: ["Gateway glitch 7"]\n'
+    )
+    path.write_text(PAUSE_RULES + glitch)
+
+    before = gather_status(stack.store, now=time.time())
+    after = gather_status(stack.store, now=time.time(), rules=load_rules(path))
+
+    assert len(before["unclassified"]) == 1
+    assert after["unclassified"] == []

@@ -286,3 +286,11 @@ def test_signed_requests_verify(
 
     assert wait_for(lambda: any(call["message_id"] == failed for call in hook.calls))
     assert hook.rejected_signatures == 0
+
+
+def test_stale_message_not_resent_late(pipeline: Pipeline) -> None:
+    """A job whose message grew older than its maximum age while waiting is skipped."""
+    pipeline.send(pipeline.job(1010, sent_at="2026-01-01T00:00:00Z", max_age_s=3600.0))
+
+    assert wait_for(lambda: state_of(pipeline.store, 1010) == "expired")
+    assert pipeline.calls_for(1010) == []

@@ -397,6 +397,7 @@ def test_resend_chain_out_of_attempts_gives_up(
     assert recorder.jobs == []
     assert report.gave_up == 1
     assert store.get_record(resend)["state"] == "gave_up"
+    assert store.count_given_up() == 1
     assert len(sentry.error_events()) == 1
 
 

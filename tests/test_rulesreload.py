@@ -107,3 +107,19 @@ def test_invalid_file_at_start_raises(tmp_path: Path) -> None:
     path.write_text("version: 1\nrules: [oops\n")
     with pytest.raises(RulesError):
         RulesSource(path)
+
+
+def test_edit_failing_examples_rejected(rules_path: Path, store: Store) -> None:
+    """A live edit must pass what `rules check` checks, examples included."""
+    source = RulesSource(rules_path, store=store)
+    good = source.rules.digest
+    shadowed = (
+        "  - name: late\n"
+        '    match: {contains: "later"}\n'
+        "    action: permanent\n"
+        '    examples: ["try again later"]\n'
+    )
+    write(rules_path, TEST_RULES + shadowed)
+
+    assert source.current().digest == good
+    assert "late" in store.get_hash(store.keys.rules)["error"]
