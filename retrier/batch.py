@@ -89,10 +89,12 @@ class CycleBatch:
         cycle takes the message up.
 
         Raises:
-            StoreError: Redis failed; nothing after the claims was written.
+            StoreError: Redis failed; nothing after the claims was written, and
+                the claims expire.
         """
         outcomes = list(self.outcomes)
-        pipe = store.client.pipeline(transaction=False)
+        # MULTI/EXEC: the whole cycle is written, or none of it.
+        pipe = store.client.pipeline(transaction=True)
         for job, delay_s, outcome in self.jobs:
             if stager is not None:
                 stager.stage(pipe, job, delay_s)
@@ -114,7 +116,7 @@ class CycleBatch:
         if self.pause is not None and pause_reply is not None and replies[pause_reply]:
             self.pause[1]()
         for alert, index in zip(self.alerts, budget_replies, strict=True):
-            if index is None or replies[index]:
+            if index is None or budget is None or budget.within(replies[index]):
                 alert.send()
             else:
                 logger.info(

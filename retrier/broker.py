@@ -116,14 +116,17 @@ def stager_for(broker: dramatiq.Broker) -> RedisStager | None:
 
 
 class RedisStager:
-    """Puts resend jobs on a Redis pipeline, as ``RedisBroker.enqueue`` would send each.
+    """Puts resend jobs on a Redis pipeline, in the layout the Redis broker reads.
 
     The poller stages a cycle's jobs on the pipeline that also writes their
     records, so that a page of 100 failures costs one round trip, not 100.
-    This repeats the steps of ``RedisBroker.enqueue`` and its dispatch script
-    call (Dramatiq 2.x): a fresh ``redis_message_id``, the delay queue and
-    ``eta`` for a delay, and the ``enqueue`` middleware hooks. Queue
-    maintenance is never requested here; workers run it.
+    This writes what ``RedisBroker.enqueue`` writes through its dispatch
+    script (Dramatiq 2.x, ``brokers/redis/dispatch.lua``): the encoded message
+    in the hash ``{namespace}:{queue}.msgs`` under a fresh ``redis_message_id``,
+    and that id pushed on the list ``{namespace}:{queue}``, with the delay
+    queue and an ``eta`` for a delayed job. Plain commands keep the pipeline
+    free of scripts, whose existence redis-py checks in a round trip of its own.
+    The broker's ``enqueue`` middleware hooks run as they would.
     """
 
     def __init__(self, broker: RedisBroker) -> None:
@@ -142,17 +145,8 @@ class RedisStager:
             )
 
         broker.emit_before("enqueue", message, delay_ms)
-        args = [
-            "enqueue",
-            current_millis(),
-            queue_name,
-            broker.broker_id,
-            broker.heartbeat_timeout,
-            broker.dead_message_ttl,
-            0,  # no maintenance from the poller
-            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-            message.options["redis_message_id"],
-            message.encode(),
-        ]
-        broker.scripts["dispatch"](args=args, keys=[broker.namespace], client=pipe)
+        queue_key = f"{broker.namespace}:{queue_name}"
+        redis_message_id = message.options["redis_message_id"]
+        pipe.hset(f"{queue_key}.msgs", redis_message_id, message.encode())
+        pipe.rpush(queue_key, redis_message_id)
         broker.emit_after("enqueue", message, delay_ms)

@@ -2,8 +2,9 @@
 
 A rule that suddenly matches thousands of failures (a template disabled, a
 number range ported away) must not bury Sentry. Each alert kind and rule may
-send ``limit`` events per UTC hour, across every process. The rest are counted,
-and the first poll cycle of the next hour reports them in one summary event.
+send ``limit`` events per UTC hour, across every process. Every alert counts
+against its rule in Redis; the ones past the limit are not sent, and the first
+poll cycle of the next hour reports them in one summary event.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import time
 
 import redis
 
-from retrier import alerts, scripts
+from retrier import alerts
 from retrier.errors import StoreError
 from retrier.keys import Keys
 
 logger = logging.getLogger(__name__)
+
+#: Seconds an hour's counts are kept: long enough for the next hour's summary.
+COUNTS_TTL_S = 3 * 3600
 
 
 class AlertBudget:
@@ -33,7 +37,6 @@ class AlertBudget:
         self.client = client
         self.keys = Keys(prefix)
         self.limit = limit
-        self._budget = client.register_script(scripts.ALERT_BUDGET)
         self._summarised_hour = 0
 
     def allow(self, kind: str, rule: str, *, now: float | None = None) -> bool:
@@ -42,31 +45,28 @@ class AlertBudget:
         When Redis fails, the alert is allowed, because a lost alert is worse
         than an extra one.
         """
-        hour = int((now or time.time()) // 3600)
+        pipe = self.client.pipeline(transaction=False)
+        index = self.stage(pipe, kind, rule, now=now or time.time())
         try:
-            allowed = self._budget(
-                keys=[self.keys.alerts(hour)], args=[f"{kind}:{rule}", self.limit]
-            )
+            replies = pipe.execute()
         except redis.RedisError as error:
             logger.warning(
                 "alert budget unavailable: redis", extra={"rule": rule, "error": str(error)}
             )
             return True
-        if not allowed:
-            logger.info(
-                "alert suppressed: hourly limit reached",
-                extra={"kind": kind, "rule": rule, "limit": self.limit},
-            )
-        return bool(allowed)
+        return self.within(replies[index])
 
     def stage(self, pipe: redis.client.Pipeline, kind: str, rule: str, *, now: float) -> int:
-        """Queue :meth:`allow`'s count on ``pipe``; return the index of its reply (1 to send)."""
+        """Queue one alert's count on ``pipe``; return the index of the reply to pass to :meth:`within`."""
+        key = self.keys.alerts(int(now // 3600))
         index = len(pipe)
-        hour = int(now // 3600)
-        self._budget(
-            keys=[self.keys.alerts(hour)], args=[f"{kind}:{rule}", self.limit], client=pipe
-        )
+        pipe.hincrby(key, f"sent:{kind}:{rule}", 1)
+        pipe.expire(key, COUNTS_TTL_S)
         return index
+
+    def within(self, count: int) -> bool:
+        """Return whether an alert whose count this hour is ``count`` may be sent."""
+        return int(count) <= self.limit
 
     def report_previous_hour(self, *, now: float | None = None) -> None:
         """Send one summary event for the alerts suppressed in the previous hour, once.
@@ -81,9 +81,9 @@ class AlertBudget:
         try:
             raw = self.client.hgetall(key)
             counts = {
-                _text(name).removeprefix("suppressed:"): int(value)
+                _text(name).removeprefix("sent:"): int(value) - self.limit
                 for name, value in raw.items()
-                if _text(name).startswith("suppressed:")
+                if _text(name).startswith("sent:") and int(value) > self.limit
             }
             first = bool(counts) and bool(self.client.hsetnx(key, "summarised", "1"))
         except redis.RedisError as error:

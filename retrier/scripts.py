@@ -66,6 +66,7 @@ local prefix, id, token, root = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, now = tonumber(ARGV[5]), ARGV[6]
 local inflight_ttl, dedup_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
 local deadline, recipient, recipient_limit = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local stamp = tostring(math.floor(tonumber(now)))  -- records keep whole seconds
 local key = prefix .. ':msg:' .. id
 local state, held = unpack(redis.call('hmget', key, 'state', 'token'))
 if state and held ~= token then return {'stale', state, 0} end
@@ -93,9 +94,9 @@ end
 redis.call('hincrby', root_key, 'attempts', 1)
 redis.call('expire', root_key, dedup_ttl)
 redis.call('set', lock, token, 'PX', inflight_ttl)
-if not state then redis.call('hset', key, 'token', token, 'seen_at', now) end
+if not state then redis.call('hset', key, 'token', token, 'seen_at', stamp) end
 if not state and root ~= id then redis.call('hset', key, 'root', root) end
-redis.call('hset', key, 'state', 'sending', 'updated_at', now)
+redis.call('hset', key, 'state', 'sending', 'updated_at', stamp)
 redis.call('expire', key, dedup_ttl)
 redis.call('zadd', prefix .. ':pending', deadline, id)
 return {'proceed', tostring(used + 1), used + 1}
@@ -149,14 +150,6 @@ end
 return tostring(current)
 """
 
-# Hold every resend after an account-level failure, unless already held.
-# KEYS: pause key. ARGV: field/value pairs. Returns 1 when this call set it.
-PAUSE = """
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('hset', KEYS[1], unpack(ARGV))
-return 1
-"""
-
 # Put one given-up message back in the queue, once. ARGV: prefix, id, token,
 # now, stall deadline. Returns the stored job (JSON) when the message was given up and is now
 # queued again with a fresh attempt budget, or false.
@@ -171,19 +164,6 @@ redis.call('hset', prefix .. ':msg:' .. (root or id), 'attempts', 0)
 redis.call('zrem', prefix .. ':gaveup', id)
 redis.call('zadd', prefix .. ':pending', deadline, id)
 return job
-"""
-
-# Count one alert against its rule's hourly budget. KEYS: the hour's alert
-# hash. ARGV: kind:rule, limit. Returns 1 to send it, 0 when over budget (it is
-# then counted as suppressed).
-ALERT_BUDGET = """
-local sent = redis.call('hincrby', KEYS[1], 'sent:' .. ARGV[1], 1)
-redis.call('expire', KEYS[1], 3 * 3600)
-if sent > tonumber(ARGV[2]) then
-  redis.call('hincrby', KEYS[1], 'suppressed:' .. ARGV[1], 1)
-  return 0
-end
-return 1
 """
 
 # Give a stalled message a new job, unless it moved meanwhile. ARGV: prefix,

@@ -127,7 +127,6 @@ class Store:
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._finish = client.register_script(scripts.FINISH_ATTEMPT)
         self._defer = client.register_script(scripts.DEFER)
-        self._pause = client.register_script(scripts.PAUSE)
         self._replay = client.register_script(scripts.REPLAY)
 
     # -- shared backoff -------------------------------------------------
@@ -316,7 +315,7 @@ class Store:
             token,
             root,
             max_attempts,
-            _time(now),
+            repr(now),  # exact, to compare with the backoff; the script rounds what it stores
             int(inflight_ttl_s * 1000),
             self.dedup_ttl_s,
             repr(now + inflight_ttl_s + STALL_GRACE_S),
@@ -508,15 +507,22 @@ class Store:
         ``fields`` (rule, message_id, reason, since) describe the failure that
         caused it; a pause already in force is kept as it is.
         """
+        pipe = self.client.pipeline(transaction=True)
+        index = self.stage_pause(pipe, fields)
         with translate_errors("pausing resends"):
-            return bool(self._pause(keys=[self.keys.pause], args=_pairs(fields)))
+            return bool(pipe.execute()[index])
 
     def stage_pause(
         self, pipe: redis.client.Pipeline, fields: Mapping[str, str | int | float]
     ) -> int:
-        """Queue :meth:`pause` on ``pipe``; return the index of its reply (1 if it paused)."""
+        """Queue :meth:`pause` on ``pipe``; return the index of its reply (1 if it paused).
+
+        Each field is set only if absent, so a pause already in force keeps its
+        cause; the reply of the first field tells whether this call paused.
+        """
         index = len(pipe)
-        self._pause(keys=[self.keys.pause], args=_pairs(fields), client=pipe)
+        for name, value in fields.items():
+            pipe.hsetnx(self.keys.pause, name, value)
         return index
 
     def resume(self) -> dict[str, str]:

@@ -62,7 +62,7 @@ PHONE = "+15550004444"
 LEASE_S = 3
 
 
-# -- processes --------------------------------------------------------------
+# -- processes ---------------------------------------------------------------
 
 
 class Processes:
@@ -218,7 +218,7 @@ def write_rules(tmp_path: Path, text: str = TEST_RULES) -> Path:
     return path
 
 
-# -- Redis and hook helpers -------------------------------------------------
+# -- Redis and hook helpers --------------------------------------------------
 
 
 def state_of(store: Store, message_id: int) -> str:
@@ -304,7 +304,7 @@ class IdempotentHook:
         return Response(200, {})
 
 
-# -- 1. Redis stops and comes back ------------------------------------------
+# -- Redis stops and comes back ----------------------------------------------
 
 
 @pytest.mark.timeout(180)
@@ -376,7 +376,7 @@ def test_redis_restart_processes_recover(
     assert processes.stop(worker) == 0
 
 
-# -- 2. The hook is down for a while, then recovers -------------------------
+# -- The hook is down for a while, then recovers -----------------------------
 
 FLAKY_RULES = """\
 version: 1
@@ -502,7 +502,7 @@ def test_hook_outage_then_recovery(
     assert processes.stop(worker) == 0
 
 
-# -- 3. SIGKILL to a worker in the middle of a hook call --------------------
+# -- SIGKILL to a worker in the middle of a hook call ------------------------
 
 
 @pytest.mark.timeout(240)
@@ -544,7 +544,7 @@ def test_killed_worker_job_taken_over(
     assert processes.stop(second) == 0
 
 
-# -- 4. Nothing accepted is dropped: the sweeper -----------------------------
+# -- Nothing accepted is dropped: the sweeper --------------------------------
 
 
 def make_poller(
@@ -628,9 +628,9 @@ def test_sweep_of_live_job_calls_hook_once(
     assert len(calls_for(hook, failed)) == 1
 
 
-# -- 5. SIGKILL to the poller between claim and enqueue ----------------------
+# -- SIGKILL to the poller between claim and enqueue -------------------------
 
-#: Seconds the claims of the poller killed in test 5 live.
+#: Seconds the claims of the poller killed between claim and enqueue live.
 SHORT_CLAIM_TTL_S = 3
 
 # Python binds the default of Store(claim_ttl_s=...) when it defines the method,
@@ -730,7 +730,7 @@ def test_poller_killed_after_claim(
     assert len(calls_for(hook, failed)) == 1
 
 
-# -- 6. A 429 storm across several worker processes -------------------------
+# -- A 429 storm across several worker processes -----------------------------
 
 
 @dataclass(frozen=True)
@@ -859,7 +859,7 @@ def test_rate_limit_storm_three_workers(
     assert exit_statuses == [0, 0, 0]
 
 
-# -- 7. One active poller: the lease ----------------------------------------
+# -- One active poller: the lease --------------------------------------------
 
 #: Seconds over which the listing rate of two pollers is measured.
 RATE_WINDOW_S = 6
@@ -917,7 +917,7 @@ def test_lease_one_active_poller(
     assert processes.stop(standby) == 0
 
 
-# -- 8. TLS -----------------------------------------------------------------
+# -- TLS ---------------------------------------------------------------------
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

@@ -1,0 +1,1 @@
+"""Benchmarks of retrier: run them with bench/run."""
