@@ -270,6 +270,10 @@ def end_to_end(rules: RuleSet, samples: int) -> dict[str, float]:
     }
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _verdict(name: str, value: float) -> str:
     if name not in TARGETS:
         return ""
@@ -299,7 +303,7 @@ def write_report(figures: dict[str, float], seconds: float, command: str) -> Non
         "|---|---|---|",
     ]
     for name, value in figures.items():
-        lines.append(f"| `{name}` | {value:g} | {_verdict(name, value)} |")
+        lines.append(f"| `{name}` | {_number(value)} | {_verdict(name, value)} |")
     lines += ["", (REPO / "bench" / "NOTES.md").read_text().strip(), ""]
     (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines))
 
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     def show(new: dict[str, float]) -> None:
         for name, value in new.items():
             figures[name] = value
-            print(f"{name}: {value:g}", flush=True)
+            print(f"{name}: {_number(value)}", flush=True)
 
     show(classify(rules))
     with process("bench.octopods", API_KEY) as octopods_port:
