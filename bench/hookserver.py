@@ -9,23 +9,15 @@ ACKs, and the hook, not retrier, would be what is measured.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from retrier.simulator import NoDelayHTTPServer
 
 _BODY = b"{}"
 DELAY_S = float(sys.argv[1]) / 1000 if len(sys.argv) > 1 else 0.0
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, address
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -46,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    server = _Server(("127.0.0.1", 0), _Handler)
+    server = NoDelayHTTPServer(("127.0.0.1", 0), _Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

@@ -9,13 +9,14 @@ ids above any served before; POST /page?kind=same keeps the page as it is.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from retrier.simulator import NoDelayHTTPServer
 
 REASONS = {
     "retry": ["(#131016) Service temporarily unavailable.", "(#131000) Something went wrong."],
@@ -57,15 +58,6 @@ class _State:
 STATE = _State()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, address
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -97,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    server = _Server(("127.0.0.1", 0), _Handler)
+    server = NoDelayHTTPServer(("127.0.0.1", 0), _Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

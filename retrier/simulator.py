@@ -47,12 +47,17 @@ FAILURE_MIX: list[tuple[str | dict[str, Any], int]] = [
 OK_STATUSES = [("delivered", 5), ("read", 4), ("sent", 2)]
 
 
-class _Server(ThreadingHTTPServer):
+class NoDelayHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server that sets TCP_NODELAY on every connection.
+
+    Without it, Python's http.server stalls about 40 ms per keep-alive request
+    on Nagle's algorithm and delayed ACKs.
+    """
+
     daemon_threads = True
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, address = super().get_request()
-        # Keep-alive requests stall on Nagle's algorithm without this.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn, address
 
@@ -60,7 +65,7 @@ class _Server(ThreadingHTTPServer):
 Route = Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], Any]]
 
 
-def _serve(route: Route) -> _Server:
+def _serve(route: Route) -> NoDelayHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -84,7 +89,7 @@ def _serve(route: Route) -> _Server:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = _Server(("127.0.0.1", 0), Handler)
+    server = NoDelayHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

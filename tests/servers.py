@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from retrier.simulator import NoDelayHTTPServer
 
 
 @dataclass
@@ -55,20 +56,12 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
-class _NoDelayServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _NoDelayServer(NoDelayHTTPServer):
     allow_reuse_address = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out closes the socket before the answer: expected here.
         pass
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        # Without TCP_NODELAY, keep-alive requests stall about 40 ms on Nagle's
-        # algorithm and delayed ACKs.
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, address
 
 
 class HTTPServer:
