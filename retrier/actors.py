@@ -307,6 +307,7 @@ class Resender:
             },
             now=now,
             refund=True,
+            resent=False,
             stall_deadline=until + STALL_GRACE_S,
             phone_number=job.phone_number,
         )
@@ -344,6 +345,8 @@ class Resender:
             },
             now=now,
             stall_deadline=now + delay_s + STALL_GRACE_S,
+            phone_number=job.phone_number,
+            resent=False,
         )
         logger.info(
             "resend retry scheduled",
@@ -380,6 +383,9 @@ class Resender:
             counter="gave_up",
             fields=fields,
             now=now,
+            # A failed call gives its slot in the number's daily budget back.
+            phone_number=job.phone_number if called_hook else None,
+            resent=False,
         )
         logger.warning(
             "resend given up", extra={**_ids(job), "attempt": attempt, "delay_s": 0, "cause": cause}

@@ -192,6 +192,19 @@ def alert_rules_invalid(*, error: str, digest: str) -> None:
     )
 
 
+def alert_rules_unusable(*, error: str) -> None:
+    """Alert that the poller cannot start: its rules file is invalid and no good rules are loaded."""
+    send_alert(
+        "Poller cannot start: the rules file is invalid",
+        fingerprint=["retrier", "rules-invalid-at-start"],
+        level="fatal",
+        extra={
+            "error": error,
+            "fix": "fix the file (retrier rules check shows the line), then restart the poller",
+        },
+    )
+
+
 def alert_suppressed(*, hour_start: str, counts: Mapping[str, int]) -> None:
     """Report, in one event, the alerts held back in one hour by the per-rule limit."""
     send_alert(

@@ -48,6 +48,8 @@ class CycleBatch:
     alerts: list[_Alert] = field(default_factory=list)
     pause: tuple[dict[str, str | int | float], Callable[[], None]] | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    first_sightings: list[str] = field(default_factory=list)  # set by execute
+    enqueue_failures: int = 0  # set by execute
 
     def record(self, outcome: Outcome) -> None:
         """Record ``outcome``, which needs no job."""
@@ -99,8 +101,15 @@ class CycleBatch:
             if stager is not None:
                 stager.stage(pipe, job, delay_s)
             elif not _enqueue_now(enqueue, job, delay_s):
+                self.enqueue_failures += 1
                 continue
             outcomes.append(outcome)
+        if self.enqueue_failures:
+            last_poll = {
+                **last_poll,
+                "queued": int(last_poll.get("queued", 0)) - self.enqueue_failures,
+                "error": f"{self.enqueue_failures} job(s) could not be enqueued; a later cycle retries them",
+            }
 
         sightings = store.stage_record(pipe, outcomes, now=self.now)
         budget_replies = [
@@ -127,8 +136,6 @@ class CycleBatch:
             reason for index, reason in sightings if float(replies[index]) == 1.0
         ]
         return outcomes
-
-    first_sightings: list[str] = field(default_factory=list)
 
 
 def _enqueue_now(enqueue: Enqueue, job: Job, delay_s: float) -> bool:

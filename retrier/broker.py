@@ -22,7 +22,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 
 from retrier.actors import QUEUE_NAME, Job, resend_message
-from retrier.errors import StoreError
+from retrier.errors import BrokerError, StoreError
 from retrier.keys import Keys
 from retrier.settings import Settings
 
@@ -101,9 +101,43 @@ def build_rabbitmq_broker(url: str) -> dramatiq.Broker:
     return RabbitmqBroker(url=url, confirm_delivery=True)
 
 
+def check_rabbitmq(url: str, *, attempts: int = 3, wait_s: float = 2.0) -> None:
+    """Connect to RabbitMQ, trying ``attempts`` times; raise BrokerError naming the fix if it never answers.
+
+    Used at start-up, where an unreachable broker is most often a wrong BROKER_URL.
+    """
+    import pika
+
+    # pika logs each failed connection with a traceback; the error below says it once.
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)
+    try:
+        _connect_rabbitmq(pika, url, attempts=attempts, wait_s=wait_s)
+    finally:
+        pika_logger.setLevel(level)
+
+
+def _connect_rabbitmq(pika: Any, url: str, *, attempts: int, wait_s: float) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            pika.BlockingConnection(pika.URLParameters(url)).close()
+            return
+        except pika.exceptions.AMQPError as error:
+            if attempt == attempts:
+                raise BrokerError(
+                    f"cannot reach RabbitMQ ({type(error).__name__}): check BROKER_URL and that RabbitMQ is running"
+                ) from error
+            logger.warning(
+                "rabbitmq unreachable at start-up, trying again", extra={"attempt": attempt}
+            )
+            time.sleep(wait_s)
+
+
 def broker_for(settings: Settings) -> dramatiq.Broker:
     """Return the broker the settings name: RabbitMQ when BROKER_URL is set, else Redis."""
     if settings.broker_url:
+        check_rabbitmq(settings.broker_url.get_secret_value())
         return build_rabbitmq_broker(settings.broker_url.get_secret_value())
     return build_broker(
         settings.redis_url, settings.redis_prefix, tls_insecure=settings.redis_tls_insecure

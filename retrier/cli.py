@@ -20,7 +20,7 @@ from retrier import __version__, alerts
 from retrier.actors import PAUSE_RECHECK_S
 from retrier.broker import broker_for, check_redis, connect_redis, stager_for
 from retrier.durations import parse_duration
-from retrier.errors import ConfigError, RulesError, StoreError
+from retrier.errors import BrokerError, ConfigError, RulesError, StoreError
 from retrier.flood import AlertBudget
 from retrier.lease import PollerLease
 from retrier.logs import configure_logging
@@ -89,7 +89,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         rules = RulesSource(args.rules or settings.rules_path, store=None if dry_run else store)
     except RulesError as error:
         # With no last good rules to fall back on, the poller cannot start.
-        alerts.alert_rules_invalid(error=str(error), digest="at start-up")
+        alerts.alert_rules_unusable(error=str(error))
         alerts.flush()
         raise
     broker = _broker(settings)
@@ -117,6 +117,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         },
     )
 
+    poller.interval_s = poller.current_interval_s = settings.poll_interval_s
     try:
         if args.once:
             report = poller.run_cycle()
@@ -256,6 +257,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f" by rule {args.rule}" if args.rule else ""
     )
     if dry_run:
+        if not args.dry_run:
+            print("dry run: RETRIER_DRY_RUN is set, so nothing is queued")
         print(f"would replay {len(report.found)} message(s) {window}:")
         for message_id, rule in report.found:
             print(f"  {message_id}  {rule}")
@@ -409,11 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RulesError as error:
         print(f"retrier: invalid rules: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokerError as error:
+        print(f"retrier: {redactor.text(str(error))}", file=sys.stderr)
+        return 1
     except StoreError as error:
-        print(
-            f"retrier: {redactor.text(str(error))}: check REDIS_URL and that Redis is running",
-            file=sys.stderr,
-        )
+        cause = redactor.text(str(error)).rstrip(".")
+        print(f"retrier: {cause}: check REDIS_URL and that Redis is running", file=sys.stderr)
         return 1
     return status
 

@@ -7,6 +7,7 @@ these at the module that talks to the library, so callers catch one tree::
     ├── ConfigError                 a setting is missing or invalid
     ├── RulesError                  the rules file is invalid (carries path and line)
     ├── StoreError                  Redis did not answer
+    ├── BrokerError                 RabbitMQ (BROKER_URL) did not answer
     ├── OctopodsError               listing sent messages failed
     │   ├── OctopodsUnavailable     timeout, connection error, 5xx or unreadable body
     │   ├── OctopodsRequestRejected any other 4xx
@@ -54,6 +55,10 @@ class RulesError(RetrierError):
 
 class StoreError(RetrierError):
     """Redis did not answer or answered with an error."""
+
+
+class BrokerError(RetrierError):
+    """The RabbitMQ broker named by BROKER_URL did not answer."""
 
 
 class OctopodsError(RetrierError):

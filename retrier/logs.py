@@ -67,4 +67,5 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     # Dramatiq's own lines are useful at WARNING and above; its INFO is chatty.
     logging.getLogger("dramatiq").setLevel(max(logging.getLevelName(level), logging.WARNING))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.WARNING)  # logs every connection at INFO
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -297,7 +297,9 @@ class Poller:
             poller_ttl_s=3 * self.interval_s,
         )
         # Jobs the broker refused are not queued: their claims expire.
-        report.queued -= len(batch.jobs) + len(batch.outcomes) - len(recorded)
+        report.queued -= batch.enqueue_failures
+        if batch.enqueue_failures:
+            report.error = f"{batch.enqueue_failures} job(s) could not be enqueued"
         self._alert_new_reasons(batch.first_sightings, recorded)
 
     def _check_coverage(

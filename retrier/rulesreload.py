@@ -42,6 +42,7 @@ class RulesSource:
         self.path = Path(path)
         self.store = store
         self._signature = self._stat()
+        self._failed = False
         self._rules = load_rules(self.path)  # an invalid file at start-up stops the poller
         self._publish({"digest": self._rules.digest, "version": self._rules.version, "error": ""})
 
@@ -67,6 +68,11 @@ class RulesSource:
             self._reject(error)
             return self._rules
 
+        if self._failed:
+            logger.info(
+                "rules file valid again", extra={"path": str(self.path), "digest": fresh.digest}
+            )
+        self._failed = False
         if fresh.digest != self._rules.digest:
             logger.info(
                 "rules reloaded",
@@ -88,6 +94,7 @@ class RulesSource:
         return (info.st_mtime_ns, info.st_size, info.st_ino)
 
     def _reject(self, error: RulesError) -> None:
+        self._failed = True
         digest = _file_digest(self.path)
         logger.error(
             "rules reload failed: keeping the last good rules",

@@ -104,17 +104,16 @@ return {'proceed', tostring(used + 1), used + 1}
 
 # End a hook call. ARGV: prefix, id, root, refund (1 = the attempt was not used),
 # dedup_ttl_s, hour key, counter name, state, now, stall deadline ("" once the
-# message needs nothing more), recipient key ("" for none), then field/value
-# pairs for the record. A message given up joins the index that replay reads.
+# message needs nothing more), recipient key to give one resend back to ("" for
+# none), then field/value pairs for the record. A message given up joins the
+# index that replay reads.
 FINISH_ATTEMPT = """
 local prefix, id, root, refund = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local dedup_ttl, counts, counter = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local state, now, deadline, recipient = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local key = prefix .. ':msg:' .. id
-if refund == '1' then
-  redis.call('hincrby', prefix .. ':msg:' .. root, 'attempts', -1)
-  if recipient ~= '' then redis.call('decr', recipient) end
-end
+if refund == '1' then redis.call('hincrby', prefix .. ':msg:' .. root, 'attempts', -1) end
+if recipient ~= '' then redis.call('decr', recipient) end
 redis.call('hset', key, 'state', state, 'updated_at', now)
 if #ARGV > 11 then redis.call('hset', key, unpack(ARGV, 12)) end
 redis.call('expire', key, dedup_ttl)

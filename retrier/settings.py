@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sentry_sdk.utils import BadDsn, Dsn
 
@@ -233,6 +240,17 @@ class Settings(BaseSettings):
             raise ValueError("shorter than 16 bytes once decoded")
         return value
 
+    @model_validator(mode="after")
+    def _dedup_outlives_age(self) -> Settings:
+        if self.dedup_ttl_s < self.max_message_age_s:
+            # A record that expired before its message stops being resendable
+            # would let a later poll resend the message again.
+            raise ValueError(
+                f"RETRIER_DEDUP_TTL={self.dedup_ttl_s} is shorter than RETRIER_MAX_MESSAGE_AGE="
+                f"{self.max_message_age_s:g}: expected a dedup TTL at least as long as the maximum age"
+            )
+        return self
+
     def require(self, *names: str) -> None:
         """Raise ConfigError naming the first of ``names`` (variables) that is unset."""
         fields = {
@@ -275,7 +293,10 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        name = str(item["loc"][0]).upper() if item["loc"] else "?"
+        if not item["loc"]:  # a check across settings names them itself
+            problems.append(str(item.get("msg", "invalid")).removeprefix("Value error, "))
+            continue
+        name = str(item["loc"][0]).upper()
         value = item.get("input")
         shown = mask_secret(str(value)) if name in SECRET_VARIABLES else repr(value)
         reason = str(item.get("msg", "invalid")).removeprefix("Value error, ")

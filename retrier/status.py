@@ -172,6 +172,7 @@ def render_message(store: Store, message_id: int) -> str | None:
         ("rule", "rule"),
         ("action", "action"),
         ("reason", "failure reason"),
+        ("code", "failure code"),
         ("cause", "cause"),
         ("replays", "replays"),
     ):

@@ -348,11 +348,14 @@ class Store:
         refund: bool = False,
         stall_deadline: float | None = None,
         phone_number: str | None = None,
+        resent: bool = True,
     ) -> None:
         """Record the end of a hook call and release its in-flight lock.
 
-        ``refund`` gives the attempt back to the chain, and the resend back to
-        ``phone_number``'s daily budget (a rate-limit wait uses neither).
+        ``refund`` gives the attempt back to the chain (a rate-limit wait does
+        not use one). A call that did not resend (``resent=False``: refused,
+        rate-limited, timed out) gives its resend back to ``phone_number``'s
+        daily budget.
         ``counter`` (may be empty) is added to this hour's counts. A message that
         still awaits a resend passes the time by which it must progress,
         ``stall_deadline``, for the sweeper.
@@ -368,7 +371,7 @@ class Store:
             state,
             _time(now),
             "" if stall_deadline is None else repr(stall_deadline),
-            self.recipient_key(phone_number, now=now) if refund and phone_number else "",
+            self.recipient_key(phone_number, now=now) if not resent and phone_number else "",
         ]
         for name, value in fields.items():
             args.extend((name, value))

@@ -128,6 +128,8 @@ class Triage:
         }
         if decision.action != "retry":  # readers take a missing action as retry
             fields["action"] = decision.action
+        if message.failure_code is not None:
+            fields["code"] = message.failure_code
         if claim.root != message.message_id:
             fields["root"] = claim.root
         unclassified = None if decision.matched else normalize_reason(message.failure_reason)

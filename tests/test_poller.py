@@ -137,7 +137,11 @@ def test_crash_after_claim_is_taken_up_later(
 
 
 def test_enqueue_failure_leaves_message_for_later(
-    simulator: OctopodsSimulator, make_poller: Any, redis_client: redis.Redis, prefix: str
+    simulator: OctopodsSimulator,
+    make_poller: Any,
+    redis_client: redis.Redis,
+    prefix: str,
+    store: Store,
 ) -> None:
     """A broker error is logged; the claim expires and a later cycle queues the message."""
     failed = simulator.send(status="failed", reason="try again later")
@@ -149,11 +153,14 @@ def test_enqueue_failure_leaves_message_for_later(
 
     poller.enqueue = broken
     first = poller.run_cycle()
+    recorded_error = store.get_hash(store.keys.last_poll)["error"]
     time.sleep(1.2)
     poller.enqueue = recorder
     poller.run_cycle()
 
     assert first.queued == 0
+    assert "could not be enqueued" in first.error
+    assert "could not be enqueued" in recorded_error
     assert recorder.message_ids == [failed]
 
 

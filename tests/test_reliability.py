@@ -204,8 +204,35 @@ def test_rate_limit_refund_restores_budget(store: Store) -> None:
         now=time.time(),
         refund=True,
         phone_number=phone,
+        resent=False,
     )
     assert _start(store, 721, phone, limit=1) == "proceed"
+
+
+def test_failed_call_restores_budget(store: Store) -> None:
+    """A hook call that did not resend (503, timeout) does not use the number's daily budget."""
+    phone = "+15550006666"
+    _start(store, 730, phone, limit=1)
+    store.finish_attempt(
+        730,
+        root=730,
+        state="retrying",
+        counter="",
+        fields={},
+        now=time.time(),
+        phone_number=phone,
+        resent=False,
+    )
+    assert _start(store, 731, phone, limit=1) == "proceed"
+
+
+def test_resent_call_keeps_budget_used(store: Store) -> None:
+    phone = "+15550007777"
+    _start(store, 740, phone, limit=1)
+    store.finish_attempt(
+        740, root=740, state="resent", counter="", fields={}, now=time.time(), phone_number=phone
+    )
+    assert _start(store, 741, phone, limit=1) == "recipient"
 
 
 def _queued_record(store: Store, message_id: int, *, deadline: float) -> str:

@@ -125,7 +125,7 @@ FROM_ENVIRONMENT = [
     ),
     ("RETRIER_POLL_INTERVAL", "15", "poll_interval_s", 15),
     ("RETRIER_MAX_MESSAGE_AGE", "3600", "max_message_age_s", 3600),
-    ("RETRIER_DEDUP_TTL", "7200", "dedup_ttl_s", 7200),
+    ("RETRIER_DEDUP_TTL", "172800", "dedup_ttl_s", 172800),
     ("RETRIER_REDIS_PREFIX", "staging:retrier", "redis_prefix", "staging:retrier"),
     ("RETRIER_DRY_RUN", "true", "dry_run", True),
     ("RETRIER_DRY_RUN", "1", "dry_run", True),
@@ -462,3 +462,14 @@ def test_out_of_range_values_rejected(
         load_settings()
     assert variable in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_dedup_shorter_than_age_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A record must outlive the age at which its message can still be resent."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETRIER_DEDUP_TTL", "3600")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(
+        "RETRIER_DEDUP_TTL=3600 is shorter than RETRIER_MAX_MESSAGE_AGE"
+    )
