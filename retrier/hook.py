@@ -170,11 +170,11 @@ class HookClient:
             return HookAnswer(status, already_resent=True)
         if status == 429:
             retry_at = parse_retry_at(reply.headers, reply.json(), now=time.time())
-            raise HookRateLimited("hook answered 429", retry_at=retry_at)
+            raise HookRateLimited("hook responded 429 (rate limited)", retry_at=retry_at)
         if status == 408 or status >= 500:
-            raise HookUnavailable(f"hook answered {status}", status=status)
+            raise HookUnavailable(f"hook responded {status}", status=status)
         raise HookRejected(
-            f"hook answered {status}: {reply.text() or '(empty body)'}", status=status
+            f"hook responded {status}: {reply.text() or '(empty body)'}", status=status
         )
 
 

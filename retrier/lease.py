@@ -104,10 +104,3 @@ class PollerLease:
             )
             return
         logger.info("poller lease released", extra={"poller": self.holder})
-
-    def current_holder(self) -> str | None:
-        """Return the id of the poller holding the lease, or None."""
-        raw = self.client.get(self.key)
-        if raw is None:
-            return None
-        return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -141,13 +141,13 @@ class OctopodsClient:
         body = reply.json()
         if reply.status == 200 and body is None:
             raise OctopodsUnavailable(
-                f"Octopods answered 200 with a body that is not JSON (content type {reply.content_type}): "
+                f"Octopods responded 200 with a body that is not JSON (content type {reply.content_type}): "
                 f"{reply.text(80)!r}"
             )
         if reply.status == 200:
             return parse_page(body)
         if _is_no_messages_yet(reply.status, body):
-            logger.info("octopods answered 400 without error_code: no messages sent yet")
+            logger.info("octopods responded 400 without error_code: no messages sent yet")
             return Page([])
         raise _error_for(reply, body)
 
@@ -167,7 +167,7 @@ def _error_for(reply: httpcall.Reply, body: Any) -> Exception:
             status=status,
         )
     if status >= 500:
-        return OctopodsUnavailable(f"Octopods answered {status}{detail}")
+        return OctopodsUnavailable(f"Octopods responded {status}{detail}")
     return OctopodsRequestRejected(
         f"Octopods rejected the request ({status}{detail})", status=status
     )

@@ -154,7 +154,6 @@ class Poller:
             logger.warning("poll skipped: redis unavailable", extra={"error": str(error)})
             return report
         if until > now:
-            report.waited_until = until
             logger.info(
                 "poll waits for backoff",
                 extra={"retry_at": round(until, 3), "delay_s": round(until - now, 2)},
@@ -218,7 +217,6 @@ class Poller:
             logger.warning(
                 "backoff not shared: redis unavailable", extra={"error": str(store_error)}
             )
-        report.waited_until = until
         logger.warning(
             "octopods rate limited",
             extra={

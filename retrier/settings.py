@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     resend_hook_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RESEND_HOOK_SECRET", "resend_hook_secret")
     )
-    #: Seconds. Kept well under Heroku's 30 s shutdown grace so that an in-flight
-    #: call always finishes before the dyno is killed.
+    #: Seconds, capped at 25 so that an in-flight call normally ends within
+    #: Heroku's 30 s shutdown grace (the worker gives it 25 s).
     resend_hook_timeout_s: float = Field(
         10.0,
         ge=0.1,

@@ -600,7 +600,7 @@ class Store:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the poller decided for one claimed message, for :meth:`Store.record`.
+    """The poller's decision for one claimed message, written by :meth:`Store.record`.
 
     ``stall_deadline`` (Unix time) is set for a message queued for a resend:
     the sweeper requeues it if it has not progressed by then, with the phone
@@ -618,7 +618,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class PageSync:
-    """What :meth:`Store.sync_page` did: the claims, the cancelled resends, the old watermark."""
+    """The result of :meth:`Store.sync_page`: the claims, the cancelled resends, the old watermark."""
 
     claims: list[Claim]
     cancelled: list[int]

@@ -44,7 +44,6 @@ class CycleReport:
     cancelled: int = 0
     listed: int = 0  # items on the page, valid or not
     gap: bool = False  # the page did not reach back to the newest message seen before
-    waited_until: float = 0.0  # the shared backoff that stopped this cycle, if any
     error: str = ""
     planned: list[str] = field(default_factory=list)  # dry-run lines
 
