@@ -2,11 +2,11 @@
 
 The Redis broker notices a worker that died without requeueing its messages
 when the worker's heartbeat is older than ``heartbeat_timeout`` and a
-"maintenance" pass runs; Dramatiq runs one on 0.1 % of broker calls by default,
+"maintenance" pass runs. Dramatiq runs one on 0.1 % of broker calls by default,
 so a killed worker's messages can take many minutes to come back. retrier
-shortens the timeout and runs maintenance on 5 % of calls: an idle worker makes
-about two broker calls a second, so messages come back within about a minute of
-the heartbeat timing out.
+shortens the timeout, runs maintenance on 5 % of calls, and has every worker
+run it on each queue every ``MAINTENANCE_INTERVAL_S`` as well, so the messages
+come back at most that long after the heartbeat times out.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ HEARTBEAT_TIMEOUT_MS = 45_000
 
 #: Broker calls, per million, that also run queue maintenance.
 MAINTENANCE_CHANCE = 50_000
+
+#: Seconds between the maintenance passes each worker runs on every queue.
+MAINTENANCE_INTERVAL_S = 15.0
 
 
 def connect_redis(url: str, *, tls_insecure: bool = False, **options: Any) -> redis.Redis:
@@ -87,6 +90,28 @@ def build_broker(url: str, prefix: str, *, tls_insecure: bool = False) -> RedisB
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )
+
+
+def run_maintenance(broker: RedisBroker) -> None:
+    """Requeue, on every declared queue, the jobs of workers whose heartbeat timed out.
+
+    This sends the dispatch script's read-only ``qsize`` command with
+    maintenance forced on (Dramatiq 2.x, ``brokers/redis/dispatch.lua``).
+    """
+    dispatch = broker.scripts["dispatch"]
+    queues = broker.get_declared_queues() | broker.get_declared_delay_queues()
+    for queue_name in sorted(queues):
+        args = [
+            "qsize",
+            current_millis(),
+            queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            1,  # maintenance on
+            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+        ]
+        dispatch(args=args, keys=[broker.namespace])
 
 
 def build_rabbitmq_broker(url: str) -> dramatiq.Broker:

@@ -14,9 +14,17 @@ import logging
 import threading
 
 import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
 
 from retrier.actors import Resender, declare_resend_actor
-from retrier.broker import broker_for, check_redis, connect_redis
+from retrier.broker import (
+    MAINTENANCE_INTERVAL_S,
+    broker_for,
+    check_redis,
+    connect_redis,
+    run_maintenance,
+)
 from retrier.flood import AlertBudget
 from retrier.hook import HookClient
 from retrier.settings import Settings
@@ -55,6 +63,11 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
         extra={"threads": threads, "signed": secret is not None, "broker": type(broker).__name__},
     )
 
+    if isinstance(broker, RedisBroker):
+        threading.Thread(
+            target=_maintain, args=(broker, stop), name="maintenance", daemon=True
+        ).start()
+
     stop.wait()
 
     logger.info("worker stopping: finishing in-flight resends")
@@ -71,3 +84,14 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> No
     hook.close()
     broker.close()
     logger.info("worker stopped")
+
+
+def _maintain(broker: RedisBroker, stop: threading.Event) -> None:
+    # RabbitMQ needs none of this: it returns a dead connection's jobs itself.
+    while not stop.wait(MAINTENANCE_INTERVAL_S):
+        try:
+            run_maintenance(broker)
+        except redis.RedisError as error:
+            logger.warning(
+                "queue maintenance skipped: redis unavailable", extra={"error": str(error)}
+            )
